@@ -1,0 +1,3 @@
+from pollama.cli import main
+
+main()

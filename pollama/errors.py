@@ -1,0 +1,68 @@
+"""The exceptions pollama raises, as one tree.
+
+    PollamaError                    anything pollama reports to a user as is
+    ├── InvalidModelFile            a model file that is not a usable GGUF
+    ├── ModelNotFound               a name or path that names no model
+    ├── InvalidDeviceSpec           a simulated-GPU spec that does not parse
+    └── LoadError                   a model cannot be placed or loaded
+        ├── LoadRequiredFull        it fits only with layers on the CPU, and the
+        │                           caller asked for all-GPU (the scheduler may
+        │                           evict another model and retry)
+        └── InsufficientMemory      not even CPU RAM + swap can hold it
+
+Each message is written for the person who will read it; callers show
+``str(exc)`` without decoration. HTTP statuses are mapped from these types in
+one place in ``pollama.api``.
+"""
+
+from __future__ import annotations
+
+
+class PollamaError(Exception):
+    """Base for every error pollama reports to a user."""
+
+
+class InvalidModelFile(PollamaError):
+    """A file that is not a GGUF model pollama can read."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"invalid model file {path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class ModelNotFound(PollamaError):
+    """A model name or path that does not resolve to a model."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' not found")
+        self.name = name
+
+
+class InvalidDeviceSpec(PollamaError):
+    """A simulated device description that cannot be parsed."""
+
+
+class LoadError(PollamaError):
+    """A model cannot be placed on, or loaded into, the available memory."""
+
+
+class LoadRequiredFull(LoadError):
+    """The caller required the whole model on GPUs and it does not fit there."""
+
+    def __init__(self, message: str = "unable to load full model on GPU") -> None:
+        super().__init__(message)
+
+
+class InsufficientMemory(LoadError):
+    """The CPU share of a layout exceeds free system memory plus swap."""
+
+    def __init__(self, required: int, available: int) -> None:
+        from pollama.units import format_bytes
+
+        super().__init__(
+            f"model requires more system memory ({format_bytes(required)}) "
+            f"than is available ({format_bytes(available)})"
+        )
+        self.required = required
+        self.available = available

@@ -1,0 +1,165 @@
+"""Every setting pollama reads from the environment, read once at start.
+
+Variable names follow Ollama's where Ollama has one, so pollama is a drop-in
+replacement. ``Settings.from_env()`` is called by the CLI entry points and the
+result is passed down; nothing else reads ``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pollama.units import parse_duration, parse_size
+
+DEFAULT_PORT = 11434
+FOREVER = float("inf")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    """Address the server binds to (OLLAMA_HOST, host part)."""
+    port: int = DEFAULT_PORT
+    """Port the server binds to (OLLAMA_HOST, port part)."""
+    origins: tuple[str, ...] = ()
+    """Extra CORS origins allowed (OLLAMA_ORIGINS, comma separated)."""
+    models_dir: Path = field(default_factory=lambda: Path.home() / ".ollama" / "models")
+    """Model store: manifests/ and blobs/ (OLLAMA_MODELS)."""
+    keep_alive: float = 300.0
+    """Seconds a model stays loaded after its last request; inf = forever (OLLAMA_KEEP_ALIVE)."""
+    load_timeout: float = 300.0
+    """Seconds a load may go without progress before it fails (OLLAMA_LOAD_TIMEOUT)."""
+    context_length: int = 4096
+    """Default num_ctx when neither Modelfile nor request sets one (OLLAMA_CONTEXT_LENGTH)."""
+    num_parallel: int = 1
+    """Concurrent requests per loaded model (OLLAMA_NUM_PARALLEL)."""
+    max_loaded_models: int = 0
+    """Models loaded at once; 0 = 3 per GPU, or 3 on CPU (OLLAMA_MAX_LOADED_MODELS)."""
+    max_queue: int = 512
+    """Requests allowed to wait before new ones get 503 (OLLAMA_MAX_QUEUE)."""
+    debug: bool = False
+    """Verbose logging (OLLAMA_DEBUG)."""
+    flash_attention: bool | None = None
+    """Flash attention: None = auto, True = on, False = off (OLLAMA_FLASH_ATTENTION)."""
+    kv_cache_type: str = ""
+    """KV cache element type: f16 (default), q8_0 or q4_0 (OLLAMA_KV_CACHE_TYPE)."""
+    gpu_overhead: int = 0
+    """Bytes of VRAM held back on every GPU (OLLAMA_GPU_OVERHEAD)."""
+    sched_spread: bool = False
+    """Spread layers over all GPUs instead of packing the fewest (OLLAMA_SCHED_SPREAD)."""
+    noprune: bool = False
+    """Keep unreferenced blobs at start (OLLAMA_NOPRUNE)."""
+    simulated_gpus: str = ""
+    """A simulated GPU inventory, e.g. ``cuda:24GiB,cuda:8GiB`` (POLLAMA_GPUS)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        host, port = _host_port(env.get("OLLAMA_HOST", ""))
+        models = env.get("OLLAMA_MODELS", "").strip()
+        return cls(
+            host=host,
+            port=port,
+            origins=tuple(o.strip() for o in env.get("OLLAMA_ORIGINS", "").split(",") if o.strip()),
+            models_dir=Path(models).expanduser() if models else cls().models_dir,
+            keep_alive=_keep_alive(env.get("OLLAMA_KEEP_ALIVE", "")),
+            load_timeout=_positive_duration(env.get("OLLAMA_LOAD_TIMEOUT", ""), 300.0),
+            context_length=_int(env, "OLLAMA_CONTEXT_LENGTH", 4096, minimum=1),
+            num_parallel=_int(env, "OLLAMA_NUM_PARALLEL", 1, minimum=1),
+            max_loaded_models=_int(env, "OLLAMA_MAX_LOADED_MODELS", 0, minimum=0),
+            max_queue=_int(env, "OLLAMA_MAX_QUEUE", 512, minimum=1),
+            debug=_bool(env.get("OLLAMA_DEBUG", "")) is True,
+            flash_attention=_bool(env.get("OLLAMA_FLASH_ATTENTION", "")),
+            kv_cache_type=env.get("OLLAMA_KV_CACHE_TYPE", "").strip().lower(),
+            gpu_overhead=_size(env.get("OLLAMA_GPU_OVERHEAD", "")),
+            sched_spread=_bool(env.get("OLLAMA_SCHED_SPREAD", "")) is True,
+            noprune=_bool(env.get("OLLAMA_NOPRUNE", "")) is True,
+            simulated_gpus=env.get("POLLAMA_GPUS", "").strip(),
+        )
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+def _host_port(raw: str) -> tuple[str, int]:
+    raw = raw.strip().strip('"').strip("'")
+    for scheme in ("http://", "https://"):
+        if raw.startswith(scheme):
+            raw = raw[len(scheme) :]
+    raw = raw.split("/", 1)[0]
+    if not raw:
+        return "127.0.0.1", DEFAULT_PORT
+    if raw.startswith("["):  # [::1]:port
+        host, _, rest = raw[1:].partition("]")
+        port = rest.lstrip(":")
+    elif raw.count(":") == 1:
+        host, port = raw.split(":")
+    else:
+        host, port = raw, ""
+    try:
+        return host or "127.0.0.1", int(port) if port else DEFAULT_PORT
+    except ValueError:
+        return host or "127.0.0.1", DEFAULT_PORT
+
+
+def _bool(raw: str) -> bool | None:
+    value = raw.strip().lower()
+    if value in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "f", "no", "n", "off"):
+        return False
+    return None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        return default
+    return value if value >= minimum else default
+
+
+def _keep_alive(raw: str) -> float:
+    raw = raw.strip()
+    if not raw:
+        return 300.0
+    try:
+        seconds = parse_duration(raw)
+    except ValueError:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            return 300.0
+    return FOREVER if seconds < 0 else seconds
+
+
+def _positive_duration(raw: str, default: float) -> float:
+    raw = raw.strip()
+    if not raw:
+        return default
+    try:
+        seconds = parse_duration(raw)
+    except ValueError:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            return default
+    return FOREVER if seconds <= 0 else seconds
+
+
+def _size(raw: str) -> int:
+    raw = raw.strip()
+    if not raw:
+        return 0
+    try:
+        return parse_size(raw)
+    except ValueError:
+        return 0
