@@ -1,0 +1,140 @@
+"""Memory a model will need, computed from its GGUF before any runner starts.
+
+- Weights are the exact tensor byte sizes of each ``blk.N`` (and of the output
+  layer), read from the file's tensor table.
+- KV cache is exact from the hyper-parameters: per layer
+  ``row_size(type, head_dim × kv_heads) × cells`` for K and for V, where cells
+  are ``num_ctx × parallel`` — or, for sliding-window layers when the runner
+  does not keep full-size SWA caches, the window per sequence plus one batch,
+  padded as llama.cpp pads it. Recurrent (SSM) layers hold a fixed state per
+  sequence instead.
+- The compute graph is an estimate here; the runner replaces it with what
+  llama.cpp measures on a dry-run load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gguf
+
+from pollama.discover.types import DeviceInfo
+from pollama.ggufmeta import GGUFModel
+from pollama.llm.memory import BackendMemory, DeviceMemory
+from pollama.llm.options import LoadConfig
+
+_CACHE_GGML_TYPES = {
+    "f16": gguf.GGMLQuantizationType.F16,
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "q4_0": gguf.GGMLQuantizationType.Q4_0,
+}
+# llama.cpp pads KV cell counts (the context, and sliding-window caches) to this.
+_CELL_PADDING = 256
+_F32 = 4
+
+
+def row_size(cache_type: str, n_elements: int) -> int:
+    """Bytes of one row of ``n_elements`` in a cache of ``cache_type`` (f16, q8_0, q4_0)."""
+    block, type_size = gguf.GGML_QUANT_SIZES[_CACHE_GGML_TYPES[cache_type]]
+    return -(-n_elements // block) * type_size
+
+
+def kv_cells(config: LoadConfig) -> int:
+    """KV cells llama.cpp allocates: the total context, padded to its cell padding."""
+    return _pad(config.kv_size, _CELL_PADDING)
+
+
+def kv_cache_per_layer(model: GGUFModel, config: LoadConfig, *, swa_full: bool) -> list[int]:
+    """Bytes of KV cache (or recurrent state) for each repeating layer."""
+    swa = model.swa_layers()
+    cells = kv_cells(config)
+    swa_cells = cells
+    if model.sliding_window and not swa_full:
+        # One cache stream per sequence, each holding the window plus one batch.
+        per_seq = _pad(model.sliding_window + config.batch_size, _CELL_PADDING)
+        swa_cells = min(cells, per_seq * config.parallel)
+    sizes = []
+    for layer in range(model.block_count):
+        kv_heads = model.head_count_kv(layer)
+        if kv_heads == 0 and model.ssm_state_size:
+            sizes.append(_recurrent_state(model) * config.parallel)
+            continue
+        k = row_size(config.kv_cache_type, model.key_length * kv_heads)
+        v = row_size(config.kv_cache_type, model.value_length * kv_heads)
+        sizes.append((k + v) * (swa_cells if swa[layer] else cells))
+    return sizes
+
+
+def _recurrent_state(model: GGUFModel) -> int:
+    """One sequence's state in a Mamba-style layer: conv window + SSM state, in f32."""
+    d_conv = model.ssm_conv_kernel
+    d_inner = model.ssm_inner_size
+    d_state = model.ssm_state_size
+    groups = max(1, model.ssm_group_count)
+    conv = max(0, d_conv - 1) * (d_inner + 2 * groups * d_state)
+    return (conv + d_state * d_inner) * _F32
+
+
+def graph_size(model: GGUFModel, config: LoadConfig) -> int:
+    """Compute-buffer estimate for one full batch (llama.cpp reserves for the worst case).
+
+    The allocator reuses memory between layers, so the peak is the larger of
+    the output step (logits for every position of the batch — dominant for
+    large vocabularies) and one layer's attention + FFN activations. Without
+    flash attention a layer materialises the KQ scores and an f32 mask over one
+    sequence's context; with it only an f16 mask. Calibrated against the
+    compute buffer llama.cpp logs for SmolLM2 (exact at batch 128 to 2048, with
+    and without flash attention).
+    """
+    batch = config.batch_size
+    # llama.cpp keeps one cache stream per sequence: attention spans one of them.
+    n_kv = kv_cells(config) // config.parallel
+    embd = model.embedding_length
+    output = _F32 * batch * (model.vocab_size + 2 * embd)
+    layer = _F32 * batch * (3 * embd + model.feed_forward_length)
+    if config.flash_attention_on:
+        layer += 2 * batch * n_kv
+    else:
+        layer += _F32 * batch * n_kv * (model.head_count_max + 1)
+    return max(output, layer)
+
+
+def estimate_memory(
+    model: GGUFModel,
+    config: LoadConfig,
+    gpus: Sequence[DeviceInfo] = (),
+    *,
+    swa_full: bool = False,
+) -> BackendMemory:
+    """The model's memory with every layer on the CPU and an empty entry per GPU."""
+    groups = model.layers()
+    n_blocks = model.block_count
+    n_layers = n_blocks + 1
+    weights = [0] * n_layers
+    for layer in range(n_blocks):
+        group = groups.get(f"blk.{layer}")
+        weights[layer] = group.size if group else 0
+    output_names = ("output_norm", "output")
+    weights[n_blocks] = sum(groups[name].size for name in output_names if name in groups)
+    block_names = {f"blk.{i}" for i in range(n_blocks)}
+    input_weights = sum(
+        g.size for name, g in groups.items() if name not in block_names and name not in output_names
+    )
+    tied = (
+        0
+        if model.has_output_weight
+        else (groups["token_embd"].size if "token_embd" in groups else 0)
+    )
+    cache = [*kv_cache_per_layer(model, config, swa_full=swa_full), 0]
+    graph = graph_size(model, config)
+    return BackendMemory(
+        input_weights=input_weights,
+        cpu=DeviceMemory("CPU", None, tuple(weights), tuple(cache), graph=graph),
+        gpus=tuple(DeviceMemory.empty(g.name, g.id, n_layers) for g in gpus),
+        tied_output=tied,
+        graph_estimate=graph,
+    )
+
+
+def _pad(n: int, to: int) -> int:
+    return -(-n // to) * to

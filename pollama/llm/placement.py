@@ -1,0 +1,47 @@
+"""The server's first answer to "where does this model go?", before any runner runs.
+
+Estimate the memory from the GGUF, then lay it out; a GPU that gets layers
+also gets a compute graph, which shrinks its room for layers, so lay out again
+until the set of GPUs in use stops growing. The runner's measured figures
+later refine this in the load loop (``LlamaServer``), through the same layout
+functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pollama.discover.types import DeviceInfo, SystemInfo
+from pollama.ggufmeta import GGUFModel
+from pollama.llm.estimate import estimate_memory
+from pollama.llm.layout import Layout, LayoutPolicy, create_layout, place
+from pollama.llm.memory import BackendMemory
+from pollama.llm.options import LoadConfig
+
+
+@dataclass(frozen=True)
+class Placement:
+    layout: Layout
+    memory: BackendMemory
+    """The estimate with each layer moved to its device."""
+    config: LoadConfig
+
+
+def plan_placement(
+    model: GGUFModel,
+    config: LoadConfig,
+    system: SystemInfo,
+    gpus: Sequence[DeviceInfo],
+    policy: LayoutPolicy,
+) -> Placement:
+    memory = estimate_memory(model, config, gpus)
+    layout = Layout()
+    while True:
+        previous = layout
+        layout = create_layout(system, gpus, memory, policy)
+        if len(layout.devices()) <= len(previous.devices()):
+            break
+        for device in layout.devices():
+            memory = memory.with_gpu_graph(device, memory.graph_estimate)
+    return Placement(layout=layout, memory=place(memory, layout), config=config)
