@@ -1,0 +1,204 @@
+"""``pollama fit``: will this model fit, and where do its layers go?"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pollama import discover
+from pollama.demo import resolve_model_path
+from pollama.discover.types import DeviceInfo, SystemInfo
+from pollama.errors import PollamaError
+from pollama.ggufmeta import read_model
+from pollama.llm.layout import LayoutPolicy
+from pollama.llm.memory import DeviceMemory
+from pollama.llm.options import LoadOptions, resolve_load_options
+from pollama.llm.placement import Placement, plan_placement
+from pollama.settings import Settings
+from pollama.units import format_bytes, parse_size
+
+
+class Switch(StrEnum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+def fit(
+    model: Annotated[str, typer.Argument(help="A model name (smollm2) or a GGUF file path.")],
+    gpu: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gpu",
+            help="A simulated GPU, e.g. cuda:24GiB or rocm:16GiB:free=12GiB (repeatable). "
+            "Default: this machine's GPUs.",
+        ),
+    ] = None,
+    num_ctx: Annotated[int | None, typer.Option(help="Context length per sequence.")] = None,
+    parallel: Annotated[int | None, typer.Option(help="Parallel sequences (slots).")] = None,
+    num_gpu: Annotated[int, typer.Option(help="Layers to offload; -1 = as many as fit.")] = -1,
+    num_batch: Annotated[int, typer.Option(help="Batch size.")] = 512,
+    kv_cache_type: Annotated[
+        str | None, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")
+    ] = None,
+    flash_attention: Annotated[Switch | None, typer.Option(help="auto, on or off.")] = None,
+    ram: Annotated[
+        str | None, typer.Option(help="Free system memory to plan for, e.g. 16GiB.")
+    ] = None,
+    require_full: Annotated[
+        bool, typer.Option(help="Fail unless the whole model fits on the GPUs.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    settings = Settings.from_env()
+    try:
+        gguf = read_model(resolve_model_path(model))
+        gpus = discover.parse_gpu_specs(gpu) if gpu else discover.discover_gpus(settings)
+        system = discover.system_info()
+        if ram is not None:
+            free = parse_size(ram)
+            system = SystemInfo(max(free, system.total_memory), free, 0, system.thread_count)
+        fa = settings.flash_attention if flash_attention is None else _switch(flash_attention)
+        asked = LoadOptions(
+            num_ctx=num_ctx or settings.context_length,
+            num_batch=num_batch,
+            num_gpu=num_gpu,
+            parallel=parallel or settings.num_parallel,
+            flash_attention=fa,
+            kv_cache_type=kv_cache_type if kv_cache_type is not None else settings.kv_cache_type,
+        )
+        config = resolve_load_options(gguf, asked, system, gpus)
+        policy = LayoutPolicy(
+            num_gpu=num_gpu,
+            require_full=require_full,
+            spread=settings.sched_spread,
+            gpu_overhead=settings.gpu_overhead,
+        )
+        placement = plan_placement(gguf, config, system, gpus, policy)
+    except (PollamaError, ValueError) as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+    report = fit_report(str(gguf.path), gguf.architecture, placement, gpus, system)
+    report["parameters"] = gguf.parameter_size
+    report["quantization"] = gguf.file_type
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_table(model, report, placement)
+
+
+def _switch(value: Switch) -> bool | None:
+    return None if value is Switch.auto else value is Switch.on
+
+
+def fit_report(
+    path: str,
+    architecture: str,
+    placement: Placement,
+    gpus: list[DeviceInfo],
+    system: SystemInfo,
+) -> dict[str, Any]:
+    """The plan as plain data: what ``--json`` prints and the table shows."""
+    memory = placement.memory
+    config = placement.config
+    total, vram = memory.memory_size()
+    devices = []
+    for info in gpus:
+        mem = memory.gpu(info.id) or DeviceMemory.empty(info.name, info.id, memory.n_layers)
+        devices.append(
+            {
+                "id": info.id.id,
+                "library": info.library,
+                "name": info.name,
+                "free": info.free_memory,
+                **_device_figures(mem),
+            }
+        )
+    cpu = {
+        **_device_figures(memory.cpu),
+        "input_weights": memory.input_weights,
+        "total": memory.cpu_total,
+        "free": system.free_memory,
+    }
+    return {
+        "model": path,
+        "architecture": architecture,
+        "num_ctx": config.num_ctx,
+        "parallel": config.parallel,
+        "batch_size": config.batch_size,
+        "kv_cache_type": config.kv_cache_type,
+        "flash_attention": config.flash_attention.value,
+        "use_mmap": config.use_mmap,
+        "layers": {"total": memory.n_layers, "gpu": placement.layout.count},
+        "layout": str(placement.layout),
+        "processor": memory.processor(),
+        "devices": devices,
+        "cpu": cpu,
+        "total": total,
+        "vram": vram,
+        "warnings": list(config.warnings),
+    }
+
+
+def _device_figures(mem: DeviceMemory) -> dict[str, Any]:
+    return {
+        "layers": list(mem.layers()),
+        "weights": mem.layer_weights,
+        "cache": mem.layer_cache,
+        "graph": mem.graph,
+        "total": mem.size,
+    }
+
+
+def _print_table(model: str, report: dict[str, Any], placement: Placement) -> None:
+    console = Console()
+    layers = report["layers"]
+    title = (
+        f"{model}: {layers['gpu']}/{layers['total']} layers on GPU · "
+        f"num_ctx {report['num_ctx']} × {report['parallel']} · "
+        f"KV {report['kv_cache_type']} · flash attention {report['flash_attention']}"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("device", "layers", "weights", "KV cache", "graph", "total", "free"):
+        table.add_column(column, justify="left" if column in ("device", "layers") else "right")
+    for dev in report["devices"]:
+        table.add_row(
+            f"{dev['library']}:{dev['id']} {dev['name']}",
+            _layer_span(dev["layers"]),
+            format_bytes(dev["weights"]),
+            format_bytes(dev["cache"]),
+            format_bytes(dev["graph"]),
+            format_bytes(dev["total"]),
+            format_bytes(dev["free"]),
+        )
+    cpu = report["cpu"]
+    table.add_row(
+        "CPU (system memory)",
+        _layer_span(cpu["layers"]) + " + input",
+        format_bytes(cpu["weights"] + cpu["input_weights"]),
+        format_bytes(cpu["cache"]),
+        format_bytes(cpu["graph"]),
+        format_bytes(cpu["total"]),
+        format_bytes(cpu["free"]),
+    )
+    console.print(table)
+    console.print(
+        f"total {format_bytes(report['total'])} · VRAM {format_bytes(report['vram'])} · "
+        f"{placement.memory.processor()}"
+    )
+    for warning in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _layer_span(layers: list[int]) -> str:
+    if not layers:
+        return "-"
+    if layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+    return ",".join(map(str, layers))
