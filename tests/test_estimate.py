@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf
 import pytest
+from gguf_files import write_gguf
 
 from pollama.demo import demo_model_path
 from pollama.discover.types import SystemInfo
 from pollama.ggufmeta import read_model
-from pollama.llm.estimate import estimate_memory
+from pollama.llm.estimate import estimate_memory, kv_cache_per_layer
 from pollama.llm.options import FlashAttention, LoadOptions, resolve_load_options
 from pollama.units import GiB
 
@@ -61,3 +63,63 @@ def test_weights_kv_and_graph_match_llama_cpp(num_ctx, parallel, batch, flash, k
     assert cache == pytest.approx(measured["kv"], rel=0.01)
     # The graph is an estimate by design (the runner measures it); hold it close anyway.
     assert estimate.cpu.graph == pytest.approx(measured["compute"], rel=0.05)
+
+
+def _config(model, **asked):
+    return resolve_load_options(model, LoadOptions(**asked), SYSTEM)
+
+
+def test_sliding_window_layers_hold_the_window_not_the_context(tmp_path):
+    def kv(w: gguf.GGUFWriter) -> None:
+        w.add_block_count(12)
+        w.add_context_length(32768)
+        w.add_embedding_length(640)
+        w.add_head_count(4)
+        w.add_head_count_kv(1)
+        w.add_key_length(256)
+        w.add_value_length(256)
+        w.add_sliding_window(512)
+
+    model = read_model(write_gguf(tmp_path / "gemma3.gguf", "gemma3", kv))
+    config = _config(model, num_ctx=16384, num_batch=512, parallel=2)
+    sizes = kv_cache_per_layer(model, config, swa_full=False)
+    row = 256 * 1 * 2  # one head of 256 f16 values, for K and again for V
+    global_layer = 2 * row * 16384 * 2
+    # Per sequence: window + one batch (1024 cells, already a multiple of 256).
+    local_layer = 2 * row * (512 + 512) * 2
+    assert sizes == ([local_layer] * 5 + [global_layer]) * 2
+    full = kv_cache_per_layer(model, config, swa_full=True)
+    assert full == [global_layer] * 12
+
+
+def test_recurrent_layers_hold_a_state_per_sequence(tmp_path):
+    def kv(w: gguf.GGUFWriter) -> None:
+        w.add_block_count(4)
+        w.add_context_length(1 << 20)
+        w.add_embedding_length(768)
+        w.add_head_count(0)
+        w.add_ssm_conv_kernel(4)
+        w.add_ssm_inner_size(1536)
+        w.add_ssm_state_size(16)
+        w.add_ssm_time_step_rank(48)
+
+    model = read_model(write_gguf(tmp_path / "mamba.gguf", "mamba", kv))
+    small = kv_cache_per_layer(model, _config(model, num_ctx=2048, parallel=3), swa_full=False)
+    large = kv_cache_per_layer(model, _config(model, num_ctx=65536, parallel=3), swa_full=False)
+    per_sequence = ((4 - 1) * (1536 + 2 * 16) + 16 * 1536) * 4
+    assert small == large == [per_sequence * 3] * 4
+
+
+def test_grouped_query_heads_per_layer(tmp_path):
+    def kv(w: gguf.GGUFWriter) -> None:
+        w.add_block_count(3)
+        w.add_context_length(4096)
+        w.add_embedding_length(512)
+        w.add_head_count(8)
+        w.add_head_count_kv([2, 0, 8])
+
+    model = read_model(write_gguf(tmp_path / "hybrid.gguf", "llama", kv))
+    sizes = kv_cache_per_layer(model, _config(model, num_ctx=1000), swa_full=False)
+    head_dim = 512 // 8
+    cells = 1024  # 1000 padded to 256
+    assert sizes == [2 * head_dim * h * 2 * cells for h in (2, 0, 8)]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
+from gguf_files import write_gguf
 
 from pollama.demo import demo_model_path
 from pollama.errors import InvalidModelFile
@@ -20,24 +20,6 @@ from pollama.units import GiB
 @pytest.fixture(scope="module")
 def demo() -> GGUFModel:
     return read_model(demo_model_path())
-
-
-def write_gguf(
-    path: Path,
-    arch: str,
-    kv: Callable[[gguf.GGUFWriter], None] = lambda w: None,
-    tensors: dict[str, np.ndarray] | None = None,
-) -> Path:
-    """A small real GGUF written by the gguf package's own writer."""
-    writer = gguf.GGUFWriter(path, arch)
-    kv(writer)
-    for name, data in (tensors or {"token_embd.weight": np.zeros((4, 8), np.float32)}).items():
-        writer.add_tensor(name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 # -- the demo model ----------------------------------------------------------------------
