@@ -15,7 +15,7 @@ from pollama.demo import resolve_model_path
 from pollama.discover.types import DeviceInfo, SystemInfo
 from pollama.errors import PollamaError
 from pollama.ggufmeta import read_model
-from pollama.llm.layout import LayoutPolicy
+from pollama.llm.layout import LayoutPolicy, format_layers
 from pollama.llm.memory import DeviceMemory
 from pollama.llm.options import LoadOptions, resolve_load_options
 from pollama.llm.placement import Placement, plan_placement
@@ -166,11 +166,12 @@ def _print_table(model: str, report: dict[str, Any], placement: Placement) -> No
     )
     table = Table(title=title, title_justify="left")
     for column in ("device", "layers", "weights", "KV cache", "graph", "total", "free"):
-        table.add_column(column, justify="left" if column in ("device", "layers") else "right")
+        left = column in ("device", "layers")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
     for dev in report["devices"]:
         table.add_row(
-            f"{dev['library']}:{dev['id']} {dev['name']}",
-            _layer_span(dev["layers"]),
+            f"{dev['library']}:{dev['id']}",
+            format_layers(dev["layers"]),
             format_bytes(dev["weights"]),
             format_bytes(dev["cache"]),
             format_bytes(dev["graph"]),
@@ -179,8 +180,8 @@ def _print_table(model: str, report: dict[str, Any], placement: Placement) -> No
         )
     cpu = report["cpu"]
     table.add_row(
-        "CPU (system memory)",
-        _layer_span(cpu["layers"]) + " + input",
+        "CPU",
+        format_layers(cpu["layers"]),
         format_bytes(cpu["weights"] + cpu["input_weights"]),
         format_bytes(cpu["cache"]),
         format_bytes(cpu["graph"]),
@@ -194,11 +195,3 @@ def _print_table(model: str, report: dict[str, Any], placement: Placement) -> No
     )
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
-
-
-def _layer_span(layers: list[int]) -> str:
-    if not layers:
-        return "-"
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
-    return ",".join(map(str, layers))

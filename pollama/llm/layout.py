@@ -73,7 +73,7 @@ class Layout:
     def __str__(self) -> str:
         if not self.count:
             return "cpu"
-        return " ".join(f"{g.device}[{_ranges(g.layers)}]" for g in self.gpus if g.layers)
+        return " ".join(f"{g.device}[{format_layers(g.layers)}]" for g in self.gpus if g.layers)
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,10 @@ def _to_gpu_layers(owners: list[DeviceID], assigned: list[list[int]]) -> list[GP
     return [GPULayers(d, tuple(layers)) for d, layers in zip(owners, assigned, strict=True)]
 
 
-def _ranges(layers: Sequence[int]) -> str:
+def format_layers(layers: Sequence[int]) -> str:
+    """Layer numbers as ranges: ``(0, 1, 2, 5, 7, 8)`` → ``"0-2,5,7-8"``; none → ``"-"``."""
+    if not layers:
+        return "-"
     parts: list[str] = []
     start = prev = layers[0]
     for layer in layers[1:]:
