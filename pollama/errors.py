@@ -4,6 +4,10 @@
     ├── InvalidModelFile            a model file that is not a usable GGUF
     ├── ModelNotFound               a name or path that names no model
     ├── InvalidDeviceSpec           a simulated-GPU spec that does not parse
+    ├── InvalidFormat               a ``format`` that is neither "json" nor a JSON schema
+    │   └── UnsupportedSchema       a schema using a keyword no grammar can enforce
+    ├── RunnerError                 the runner failed this request (it may still be alive)
+    │   └── RunnerDied              the runner process is gone; carries its last error line
     └── LoadError                   a model cannot be placed or loaded
         ├── LoadRequiredFull        it fits only with layers on the CPU, and the
         │                           caller asked for all-GPU (the scheduler may
@@ -41,6 +45,30 @@ class ModelNotFound(PollamaError):
 
 class InvalidDeviceSpec(PollamaError):
     """A simulated device description that cannot be parsed."""
+
+
+class InvalidFormat(PollamaError):
+    """A ``format`` value that is neither "json", "", null, nor a JSON-schema object."""
+
+
+class UnsupportedSchema(InvalidFormat):
+    """A JSON schema that cannot be turned into a grammar; names the keyword.
+
+    Structured output fails closed: we never fall back to unconstrained output.
+    """
+
+    def __init__(self, keyword: str, detail: str = "") -> None:
+        message = f"unsupported JSON schema keyword {keyword!r}"
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.keyword = keyword
+
+
+class RunnerError(PollamaError):
+    """A runner answered a request with an error; the runner itself may be fine."""
+
+
+class RunnerDied(RunnerError):
+    """The runner process exited; the message carries its last error line."""
 
 
 class LoadError(PollamaError):

@@ -1,0 +1,471 @@
+"""Wire types between ``pollama serve`` (``LlamaServer``) and a runner, as frozen dataclasses.
+
+Everything crosses as JSON. ``to_json()`` gives a dict for ``json.dumps``;
+``from_json()`` accepts the decoded dict and raises ``ProtocolError`` on a
+malformed body, so neither side ever sees a KeyError from the other's input.
+
+Endpoints (all on 127.0.0.1):
+
+    GET  /health      → Health
+    GET  /info        → {"devices": [DeviceInfo JSON]}
+    POST /load        LoadRequest → LoadResponse
+    POST /completion  CompletionRequest → NDJSON: CompletionChunk lines, then CompletionDone
+                      (an error after the stream began is a final {"error": "..."} line)
+    POST /embedding   EmbeddingRequest → EmbeddingResponse
+    POST /tokenize    {"content": str, "add_special": bool} → {"tokens": [int]}
+    POST /detokenize  {"tokens": [int]} → {"content": str}
+    GET  /stats       → RunnerStats (debug figures: decode steps and batch sizes)
+
+Errors before a stream are HTTP 4xx/5xx with {"error": "..."}: 400 for a bad
+request (e.g. a prompt longer than the context with truncate false), 503 when
+the model is not loaded, 500 when llama.cpp fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+from pollama.discover.types import DeviceID
+from pollama.llm.layout import GPULayers, Layout
+from pollama.llm.memory import BackendMemory, DeviceMemory
+
+
+class ProtocolError(ValueError):
+    """A body that does not follow the runner protocol."""
+
+
+class HealthStatus(StrEnum):
+    LAUNCHED = "launched"
+    LOADING = "loading-model"
+    READY = "ready"
+    NO_SLOTS = "no-slots-available"
+    ERROR = "error"
+
+
+class LoadOperation(StrEnum):
+    """In order of increasing commitment (the seed's fit → alloc → commit), and close."""
+
+    FIT = "fit"  # report memory needs; allocate nothing
+    ALLOC = "alloc"  # allocate buffers (as far as llama.cpp allows without reading weights)
+    COMMIT = "commit"  # load the weights; the model is ready afterwards
+    CLOSE = "close"  # free everything
+
+
+@dataclass(frozen=True)
+class Health:
+    status: HealthStatus
+    progress: float = 0.0
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": self.status.value, "progress": self.progress}
+        if self.error:
+            body["error"] = self.error
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Health:
+        try:
+            return cls(
+                HealthStatus(body["status"]),
+                float(body.get("progress", 0.0)),
+                str(body.get("error", "")),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ProtocolError(f"bad health body: {exc}") from None
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    operation: LoadOperation
+    layout: Layout = Layout()
+    num_ctx: int = 4096
+    """Context per sequence; the runner allocates ``num_ctx × parallel`` KV cells."""
+    parallel: int = 1
+    batch_size: int = 512
+    kv_cache_type: str = "f16"
+    flash_attention: str = "auto"
+    """auto | enabled | disabled."""
+    num_threads: int = 0
+    use_mmap: bool = True
+    main_gpu: int = 0
+    lora: tuple[str, ...] = ()
+    projector: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layout"}
+        body["operation"] = self.operation.value
+        body["lora"] = list(self.lora)
+        body["gpu_layers"] = layout_to_json(self.layout)
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> LoadRequest:
+        try:
+            return cls(
+                operation=LoadOperation(body["operation"]),
+                layout=layout_from_json(body.get("gpu_layers", [])),
+                num_ctx=_positive(body.get("num_ctx", 4096), "num_ctx"),
+                parallel=_positive(body.get("parallel", 1), "parallel"),
+                batch_size=_positive(body.get("batch_size", 512), "batch_size"),
+                kv_cache_type=str(body.get("kv_cache_type", "f16")),
+                flash_attention=str(body.get("flash_attention", "auto")),
+                num_threads=int(body.get("num_threads", 0)),
+                use_mmap=bool(body.get("use_mmap", True)),
+                main_gpu=int(body.get("main_gpu", 0)),
+                lora=tuple(str(p) for p in body.get("lora", ())),
+                projector=str(body.get("projector", "") or ""),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ProtocolError(f"bad load request: {exc}") from None
+
+
+@dataclass(frozen=True)
+class LoadResponse:
+    success: bool
+    memory: BackendMemory | None = None
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "memory": memory_to_json(self.memory) if self.memory else None,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> LoadResponse:
+        try:
+            memory = body.get("memory")
+            return cls(
+                success=bool(body["success"]),
+                memory=memory_from_json(memory) if memory else None,
+                error=str(body.get("error", "") or ""),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ProtocolError(f"bad load response: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Ollama's sampling options with Ollama's defaults."""
+
+    num_predict: int = -1
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    stop: tuple[str, ...] = ()
+    num_keep: int = 4
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["stop"] = list(self.stop)
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> SamplingOptions:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in body or body[f.name] is None:
+                continue
+            raw = body[f.name]
+            if f.name == "stop":
+                if isinstance(raw, str) or not isinstance(raw, Sequence):
+                    raise ProtocolError('option "stop" must be of type array')
+                values["stop"] = tuple(str(s) for s in raw if s)
+            elif f.type == "int":
+                values[f.name] = _number(raw, f.name, int)
+            else:
+                values[f.name] = _number(raw, f.name, float)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    prompt: str = ""
+    tokens: tuple[int, ...] | None = None
+    """Pre-tokenized prompt; used instead of ``prompt`` when given."""
+    images: tuple[str, ...] = ()
+    grammar: str = ""
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    shift: bool = True
+    truncate: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "tokens": list(self.tokens) if self.tokens is not None else None,
+            "images": list(self.images),
+            "grammar": self.grammar,
+            "options": self.options.to_json(),
+            "logprobs": self.logprobs,
+            "top_logprobs": self.top_logprobs,
+            "shift": self.shift,
+            "truncate": self.truncate,
+        }
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> CompletionRequest:
+        try:
+            tokens = body.get("tokens")
+            top = int(body.get("top_logprobs", 0) or 0)
+            if not 0 <= top <= 20:
+                raise ProtocolError("top_logprobs must be between 0 and 20")
+            return cls(
+                prompt=str(body.get("prompt", "") or ""),
+                tokens=tuple(int(t) for t in tokens) if tokens is not None else None,
+                images=tuple(str(i) for i in body.get("images", ()) or ()),
+                grammar=str(body.get("grammar", "") or ""),
+                options=SamplingOptions.from_json(body.get("options", {}) or {}),
+                logprobs=bool(body.get("logprobs", False)),
+                top_logprobs=top,
+                shift=bool(body.get("shift", True)),
+                truncate=bool(body.get("truncate", True)),
+            )
+        except (ValueError, TypeError) as exc:
+            if isinstance(exc, ProtocolError):
+                raise
+            raise ProtocolError(f"bad completion request: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"token": self.token, "logprob": self.logprob, "bytes": list(self.bytes)}
+
+
+@dataclass(frozen=True)
+class Logprob:
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top_logprobs: tuple[TokenLogprob, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        body = {"token": self.token, "logprob": self.logprob, "bytes": list(self.bytes)}
+        if self.top_logprobs:
+            body["top_logprobs"] = [t.to_json() for t in self.top_logprobs]
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Logprob:
+        return cls(
+            token=str(body["token"]),
+            logprob=float(body["logprob"]),
+            bytes=tuple(int(b) for b in body.get("bytes", ())),
+            top_logprobs=tuple(
+                TokenLogprob(str(t["token"]), float(t["logprob"]), tuple(t.get("bytes", ())))
+                for t in body.get("top_logprobs", ())
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class CompletionChunk:
+    """A piece of generated text (never a partial stop string or partial UTF-8)."""
+
+    content: str
+    logprobs: tuple[Logprob, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"content": self.content}
+        if self.logprobs:
+            body["logprobs"] = [lp.to_json() for lp in self.logprobs]
+        return body
+
+
+@dataclass(frozen=True)
+class CompletionDone:
+    done_reason: str
+    """stop | length."""
+    prompt_eval_count: int
+    prompt_eval_duration: int
+    """Nanoseconds."""
+    eval_count: int
+    eval_duration: int
+    """Nanoseconds."""
+    content: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"done": True, **asdict(self)}
+
+
+def parse_completion_line(body: Mapping[str, Any]) -> CompletionChunk | CompletionDone:
+    """One NDJSON line of a /completion stream; raises ProtocolError, or RuntimeError
+    carrying the runner's message for an error line."""
+    if "error" in body:
+        raise RuntimeError(str(body["error"]))
+    try:
+        if body.get("done"):
+            return CompletionDone(
+                done_reason=str(body["done_reason"]),
+                prompt_eval_count=int(body["prompt_eval_count"]),
+                prompt_eval_duration=int(body["prompt_eval_duration"]),
+                eval_count=int(body["eval_count"]),
+                eval_duration=int(body["eval_duration"]),
+                content=str(body.get("content", "")),
+            )
+        return CompletionChunk(
+            content=str(body["content"]),
+            logprobs=tuple(Logprob.from_json(lp) for lp in body.get("logprobs", ())),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ProtocolError(f"bad completion line: {exc}") from None
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    content: tuple[str, ...]
+    truncate: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"content": list(self.content), "truncate": self.truncate}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> EmbeddingRequest:
+        content = body.get("content")
+        if isinstance(content, str):
+            content = [content]
+        if not isinstance(content, list) or not all(isinstance(c, str) for c in content):
+            raise ProtocolError("content must be a string or a list of strings")
+        return cls(tuple(content), bool(body.get("truncate", True)))
+
+
+@dataclass(frozen=True)
+class EmbeddingResponse:
+    embeddings: tuple[tuple[float, ...], ...]
+    """One vector per input, as the model's pooling gives it (not normalized)."""
+    prompt_eval_count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "embeddings": [list(e) for e in self.embeddings],
+            "embedding": list(self.embeddings[0]) if len(self.embeddings) == 1 else None,
+            "prompt_eval_count": self.prompt_eval_count,
+        }
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> EmbeddingResponse:
+        try:
+            return cls(
+                tuple(tuple(float(x) for x in e) for e in body["embeddings"]),
+                int(body["prompt_eval_count"]),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ProtocolError(f"bad embedding response: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RunnerStats:
+    """Debug figures: how the batch loop has been packing work."""
+
+    decode_steps: int
+    tokens_decoded: int
+    max_sequences_per_step: int
+    """The most sequences any one llama_decode call served."""
+    sequences_per_step: dict[int, int]
+    """Histogram: number of sequences in a step → steps."""
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["sequences_per_step"] = {str(k): v for k, v in self.sequences_per_step.items()}
+        return body
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RunnerStats:
+        return cls(
+            int(body["decode_steps"]),
+            int(body["tokens_decoded"]),
+            int(body["max_sequences_per_step"]),
+            {int(k): int(v) for k, v in body["sequences_per_step"].items()},
+        )
+
+
+# -- memory and layouts -----------------------------------------------------------
+
+
+def layout_to_json(layout: Layout) -> list[dict[str, Any]]:
+    return [
+        {"device": {"library": g.device.library, "id": g.device.id}, "layers": list(g.layers)}
+        for g in layout.gpus
+    ]
+
+
+def layout_from_json(body: Sequence[Mapping[str, Any]]) -> Layout:
+    return Layout(
+        tuple(GPULayers(_device(g["device"]), tuple(int(x) for x in g["layers"])) for g in body)
+    )
+
+
+def memory_to_json(memory: BackendMemory) -> dict[str, Any]:
+    return {
+        "input_weights": memory.input_weights,
+        "cpu": _device_memory_to_json(memory.cpu),
+        "gpus": [_device_memory_to_json(g) for g in memory.gpus],
+        "tied_output": memory.tied_output,
+    }
+
+
+def memory_from_json(body: Mapping[str, Any]) -> BackendMemory:
+    return BackendMemory(
+        input_weights=int(body["input_weights"]),
+        cpu=_device_memory_from_json(body["cpu"]),
+        gpus=tuple(_device_memory_from_json(g) for g in body.get("gpus", ())),
+        tied_output=int(body.get("tied_output", 0)),
+    )
+
+
+def _device_memory_to_json(mem: DeviceMemory) -> dict[str, Any]:
+    device = {"library": mem.device.library, "id": mem.device.id} if mem.device else None
+    return {
+        "name": mem.name,
+        "device": device,
+        "weights": list(mem.weights),
+        "cache": list(mem.cache),
+        "graph": mem.graph,
+    }
+
+
+def _device_memory_from_json(body: Mapping[str, Any]) -> DeviceMemory:
+    device = body.get("device")
+    return DeviceMemory(
+        name=str(body["name"]),
+        device=_device(device) if device else None,
+        weights=tuple(int(x) for x in body["weights"]),
+        cache=tuple(int(x) for x in body["cache"]),
+        graph=int(body.get("graph", 0)),
+    )
+
+
+def _device(body: Mapping[str, Any]) -> DeviceID:
+    return DeviceID(str(body["library"]), str(body["id"]))
+
+
+def _positive(value: Any, name: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{name} must be at least 1")
+    return number
+
+
+def _number(raw: Any, name: str, kind: type[int] | type[float]) -> Any:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        type_name = "integer" if kind is int else "number"
+        raise ProtocolError(f'option "{name}" must be of type {type_name}')
+    return kind(raw)
