@@ -7,6 +7,7 @@ import logging
 import typer
 
 from pollama.cli.fit import fit
+from pollama.cli.runner import runner
 from pollama.settings import Settings
 
 app = typer.Typer(
@@ -20,6 +21,9 @@ app.command(
     help="Show where a model's layers would go on these (or simulated) GPUs, and the memory "
     "each device needs, without loading it."
 )(fit)
+app.command(help="Serve one model to a pollama server (started by the server).", hidden=True)(
+    runner
+)
 
 
 @app.callback()

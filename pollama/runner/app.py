@@ -1,0 +1,173 @@
+"""The runner's HTTP face: the protocol endpoints over the engine, on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from pollama import discover
+from pollama.runner.engine import Engine, EngineError
+from pollama.runner.engine import Request as EngineRequest
+from pollama.runner.protocol import (
+    CompletionChunk,
+    CompletionDone,
+    CompletionRequest,
+    EmbeddingRequest,
+    LoadRequest,
+    ProtocolError,
+)
+
+log = logging.getLogger(__name__)
+NDJSON = "application/x-ndjson"
+
+
+def create_app(engine: Engine) -> FastAPI:
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(ProtocolError)
+    async def _protocol_error(_: Request, exc: ProtocolError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return engine.health().to_json()
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return engine.stats().to_json()
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        gpus = discover.nvidia_gpus() + discover.amd_gpus()
+        return {
+            "devices": [
+                {
+                    "library": g.library,
+                    "id": g.id.id,
+                    "name": g.name,
+                    "total": g.total_memory,
+                    "free": g.free_memory,
+                }
+                for g in gpus
+            ]
+        }
+
+    @app.post("/load")
+    async def load(request: Request) -> dict[str, Any]:
+        body = LoadRequest.from_json(await _json(request))
+        response = await asyncio.wrap_future(engine.call(lambda: engine.load(body)))
+        return response.to_json()
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        body = await _json(request)
+        content = body.get("content")
+        if not isinstance(content, str):
+            raise ProtocolError("content must be a string")
+        add_special = bool(body.get("add_special", True))
+        tokens = await asyncio.wrap_future(
+            engine.call(lambda: engine.tokenize(content, add_special))
+        )
+        return {"tokens": tokens}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        body = await _json(request)
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise ProtocolError("tokens must be a list of integers")
+        content = await asyncio.wrap_future(engine.call(lambda: engine.detokenize(tokens)))
+        return {"content": content}
+
+    @app.post("/embedding")
+    async def embedding(request: Request) -> dict[str, Any]:
+        body = EmbeddingRequest.from_json(await _json(request))
+        texts = list(body.content)
+        result = await asyncio.wrap_future(engine.call(lambda: engine.embed(texts, body.truncate)))
+        return result.to_json()
+
+    @app.post("/completion")
+    async def completion(request: Request) -> Response:
+        body = CompletionRequest.from_json(await _json(request))
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[CompletionChunk | CompletionDone | EngineError] = asyncio.Queue()
+
+        def emit(item: CompletionChunk | CompletionDone | EngineError) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        work = EngineRequest(body, emit)
+        engine.submit(work)
+        try:
+            first = await items.get()
+        except asyncio.CancelledError:
+            work.cancelled.set()
+            raise
+        if isinstance(first, EngineError):
+            # Nothing streamed yet: the error gets its own status code.
+            return JSONResponse({"error": str(first)}, status_code=first.status)
+        return StreamingResponse(_stream(first, items, work), media_type=NDJSON)
+
+    return app
+
+
+async def _stream(
+    first: CompletionChunk | CompletionDone,
+    items: asyncio.Queue[CompletionChunk | CompletionDone | EngineError],
+    work: EngineRequest,
+) -> AsyncIterator[bytes]:
+    item: CompletionChunk | CompletionDone | EngineError = first
+    try:
+        while True:
+            if isinstance(item, EngineError):
+                yield _line({"error": str(item)})
+                return
+            yield _line(item.to_json())
+            if isinstance(item, CompletionDone):
+                return
+            item = await items.get()
+    finally:
+        # Client gone (or stream done): the engine frees the slot at its next step.
+        work.cancelled.set()
+
+
+def _line(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise ProtocolError(f"invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("the body must be a JSON object")
+    return body
+
+
+def serve(model: str, port: int, *, verbose: bool = False) -> None:
+    """Run the runner until terminated. Loopback only: the runner trusts its caller."""
+    engine = Engine(model, verbose=verbose)
+    engine.start()
+    config = uvicorn.Config(
+        create_app(engine),
+        host="127.0.0.1",
+        port=port,
+        log_level="debug" if verbose else "warning",
+        access_log=verbose,
+        lifespan="off",
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        engine.stop()

@@ -1,0 +1,60 @@
+"""What llama.cpp says it allocated, read from its log lines.
+
+llama.cpp reports every backend buffer it creates as a log line such as
+
+    load_tensors:   CPU_Mapped model buffer size =    92.10 MiB
+    llama_kv_cache:        CUDA0 KV buffer size =   720.00 MiB
+    sched_reserve:        CPU compute buffer size =    98.25 MiB
+    llama_context:  CUDA_Host  output buffer size =     0.75 MiB
+
+The buffer name says the device: ``CPU*`` and ``*_Host`` (pinned host memory)
+are system memory; ``CUDA0``, ``ROCm1``, ``Vulkan0``… are GPUs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from pollama.discover.types import DeviceID
+
+_LINE = re.compile(
+    r"\b(?P<buffer>[A-Za-z_]+\d*(?:_[A-Za-z]+)?)\s+(?P<kind>model|KV|compute|output|RS)"
+    r" buffer size =\s+(?P<mib>[0-9.]+) MiB"
+)
+_GPU = re.compile(r"^(?P<library>CUDA|ROCm|HIP|Vulkan|Metal|SYCL|MUSA|CANN)(?P<index>\d*)$")
+_MIB = 1024 * 1024
+
+
+def device_of_buffer(name: str) -> DeviceID | None:
+    """The device a llama.cpp buffer lives on; None for system memory."""
+    if name.startswith("CPU") or name.endswith("_Host"):
+        return None
+    match = _GPU.match(name)
+    if not match:
+        return None
+    library = "ROCm" if match["library"] == "HIP" else match["library"]
+    return DeviceID(library, match["index"] or "0")
+
+
+@dataclass
+class BufferSizes:
+    """Bytes per (device, kind) where kind is model | KV | compute | output | RS."""
+
+    sizes: dict[tuple[DeviceID | None, str], int] = field(default_factory=lambda: defaultdict(int))
+
+    def feed(self, line: str) -> None:
+        match = _LINE.search(line)
+        if match:
+            key = (device_of_buffer(match["buffer"]), match["kind"])
+            self.sizes[key] += round(float(match["mib"]) * _MIB)
+
+    def get(self, device: DeviceID | None, kind: str) -> int:
+        return self.sizes.get((device, kind), 0)
+
+    def devices(self) -> set[DeviceID | None]:
+        return {device for device, _ in self.sizes}
+
+    def __bool__(self) -> bool:
+        return bool(self.sizes)

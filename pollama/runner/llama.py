@@ -1,0 +1,185 @@
+"""Thin, typed helpers over llama-cpp-python's low-level API.
+
+Only the runner imports this module (and through it, llama.cpp). Everything
+here runs on the engine thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import llama_cpp as L
+
+from pollama.runner.buffers import BufferSizes
+
+LogSink = Callable[[int, str], None]
+
+GGML_LOG_LEVEL_CONT = 5
+GGML_LOG_LEVEL_WARN = 3
+_KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type values
+_FLASH = {"auto": -1, "disabled": 0, "enabled": 1}
+
+
+class LlamaLog:
+    """Receives llama.cpp's log, line by line, for the whole process.
+
+    The ctypes callback must stay referenced as long as llama.cpp may call it
+    (a temporary one segfaults on the next log line), so this object lives for
+    the process. Lines are forwarded to stderr (the server's status writer
+    reads them) and to an optional buffer-size collector.
+    """
+
+    def __init__(self, verbose: bool) -> None:
+        self._verbose = verbose
+        self._partial = ""
+        self._level = 2
+        self._lock = threading.Lock()
+        self.collector: BufferSizes | None = None
+        self.last_error = ""
+        self._callback = L.llama_log_callback(self._on_log)
+        L.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _on_log(self, level: int, text: bytes, _user: Any) -> None:
+        chunk = text.decode("utf-8", errors="replace")
+        with self._lock:
+            if level != GGML_LOG_LEVEL_CONT:
+                self._level = level
+            self._partial += chunk
+            while "\n" in self._partial:
+                line, self._partial = self._partial.split("\n", 1)
+                self._line(self._level, line)
+
+    def _line(self, level: int, line: str) -> None:
+        if self.collector is not None:
+            self.collector.feed(line)
+        error = level >= 4 or "error" in line.lower() or "failed" in line.lower()
+        if error:
+            self.last_error = line.strip()
+        if self._verbose or level >= GGML_LOG_LEVEL_WARN or error:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+
+def model_params(
+    *, gpu_layers: int, main_gpu: int, use_mmap: bool, dry_run: bool, progress: Any
+) -> Any:
+    params = L.llama_model_default_params()
+    params.n_gpu_layers = gpu_layers
+    params.main_gpu = main_gpu
+    if dry_run:
+        # no_alloc asserts unless nothing is mapped or read.
+        params.no_alloc = True
+        params.load_mode = L.LLAMA_LOAD_MODE_NONE
+    else:
+        params.load_mode = L.LLAMA_LOAD_MODE_MMAP if use_mmap else L.LLAMA_LOAD_MODE_NONE
+    if progress is not None:
+        params.progress_callback = progress
+    return params
+
+
+def context_params(
+    *,
+    n_ctx: int,
+    n_seq: int,
+    n_batch: int,
+    threads: int,
+    flash_attention: str,
+    kv_cache_type: str,
+    embeddings: bool,
+    pooling: int | None = None,
+    unified: bool = False,
+) -> Any:
+    params = L.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_seq_max = n_seq
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
+    params.n_threads = threads
+    params.n_threads_batch = threads
+    params.flash_attn_type = _FLASH.get(flash_attention, -1)
+    params.type_k = params.type_v = _KV_TYPES.get(kv_cache_type, 1)
+    params.swa_full = False  # the estimate assumes window-sized SWA caches
+    params.kv_unified = unified
+    params.embeddings = embeddings
+    params.no_perf = True
+    if pooling is not None:
+        params.pooling_type = pooling
+    return params
+
+
+class Batch:
+    """A reusable llama_batch of up to ``capacity`` tokens, one sequence id each."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._batch = L.llama_batch_init(capacity, 0, 1)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        b = self._batch
+        i = self.n
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+        self.n = i + 1
+        return i
+
+    def decode(self, ctx: Any) -> int:
+        self._batch.n_tokens = self.n
+        return int(L.llama_decode(ctx, self._batch))
+
+    def free(self) -> None:
+        L.llama_batch_free(self._batch)
+
+
+class Vocab:
+    """Tokenization with the model's own vocabulary; pieces cached per token."""
+
+    def __init__(self, model: Any) -> None:
+        self._vocab = L.llama_model_get_vocab(model)
+        self.size = int(L.llama_vocab_n_tokens(self._vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._buf = ctypes.create_string_buffer(256)
+
+    @property
+    def handle(self) -> Any:
+        return self._vocab
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        while True:
+            out = (L.llama_token * capacity)()
+            n = L.llama_tokenize(self._vocab, data, len(data), out, capacity, add_special, True)
+            if n >= 0:
+                return list(out[:n])
+            capacity = -n
+
+    def piece(self, token: int) -> bytes:
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        n = L.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+            piece = buf.raw[:n]
+        else:
+            piece = self._buf.raw[:n]
+        self._pieces[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self._vocab, token))
