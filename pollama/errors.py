@@ -7,6 +7,7 @@
     ├── InvalidFormat               a ``format`` that is neither "json" nor a JSON schema
     │   └── UnsupportedSchema       a schema using a keyword no grammar can enforce
     ├── RunnerError                 the runner failed this request (it may still be alive)
+    │   ├── RunnerHTTPError         the runner refused a request; keeps its HTTP status
     │   └── RunnerDied              the runner process is gone; carries its last error line
     └── LoadError                   a model cannot be placed or loaded
         ├── LoadRequiredFull        it fits only with layers on the CPU, and the
@@ -65,6 +66,15 @@ class UnsupportedSchema(InvalidFormat):
 
 class RunnerError(PollamaError):
     """A runner answered a request with an error; the runner itself may be fine."""
+
+
+class RunnerHTTPError(RunnerError):
+    """The runner refused or failed a request; ``status`` is its HTTP status
+    (400 for a bad request the API layer passes on as a 400)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RunnerDied(RunnerError):

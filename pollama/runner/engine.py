@@ -429,46 +429,10 @@ class Engine:
     def _sampler(
         self, loaded: _Loaded, opts: SamplingOptions, grammar: str, prompt: list[int]
     ) -> Any:
-        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        last_n = loaded.config.num_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
-        penalised = last_n > 0 and (
-            opts.repeat_penalty != 1.0 or opts.frequency_penalty or opts.presence_penalty
-        )
-        if penalised:
-            penalties = L.llama_sampler_init_penalties(
-                loaded.vocab.size,
-                last_n,
-                opts.repeat_penalty,
-                opts.frequency_penalty,
-                opts.presence_penalty,
-            )
-            # The prompt counts towards repetition, as in Ollama and llama-server.
-            for token in prompt[-last_n:]:
-                L.llama_sampler_accept(penalties, token)
-            L.llama_sampler_chain_add(chain, penalties)
-        if grammar:
-            sampler = L.llama_sampler_init_grammar(
-                loaded.vocab.handle, grammar.encode("utf-8"), b"root"
-            )
-            if not sampler:
-                L.llama_sampler_free(chain)
-                raise EngineError(self._why("invalid grammar"), status=400)
-            L.llama_sampler_chain_add(chain, sampler)
-        if opts.temperature <= 0:
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
-            return chain
-        if opts.top_k > 0:
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(opts.top_k))
-        if opts.typical_p < 1.0:
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_typical(opts.typical_p, 1))
-        if opts.top_p < 1.0:
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(opts.top_p, 1))
-        if opts.min_p > 0.0:
-            L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(opts.min_p, 1))
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(opts.temperature))
-        seed = opts.seed & 0xFFFFFFFF if opts.seed >= 0 else L.LLAMA_DEFAULT_SEED
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed))
-        return chain
+        try:
+            return llama.sampler_chain(loaded.vocab, opts, grammar, prompt, loaded.config.num_ctx)
+        except ValueError:
+            raise EngineError(self._why("invalid grammar"), status=400) from None
 
     # -- completions: the decode step ------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 import llama_cpp as L
 
 from pollama.runner.buffers import BufferSizes
+from pollama.runner.protocol import SamplingOptions
 
 LogSink = Callable[[int, str], None]
 
@@ -183,3 +184,52 @@ class Vocab:
 
     def is_eog(self, token: int) -> bool:
         return bool(L.llama_vocab_is_eog(self._vocab, token))
+
+
+def sampler_chain(
+    vocab: Vocab, opts: SamplingOptions, grammar: str, prompt: Sequence[int], num_ctx: int
+) -> Any:
+    """llama.cpp's native sampler chain for Ollama's options (ValueError on a bad grammar).
+
+    Order as Ollama and llama-server use it: penalties, grammar, top-k,
+    typical-p, top-p, min-p, temperature, then a seeded draw — or greedy at
+    temperature 0. Samplers that would do nothing at their values are left out.
+    """
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    last_n = num_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
+    penalised = last_n > 0 and (
+        opts.repeat_penalty != 1.0 or opts.frequency_penalty or opts.presence_penalty
+    )
+    if penalised:
+        penalties = L.llama_sampler_init_penalties(
+            vocab.size,
+            last_n,
+            opts.repeat_penalty,
+            opts.frequency_penalty,
+            opts.presence_penalty,
+        )
+        # The prompt counts towards repetition, as in Ollama and llama-server.
+        for token in prompt[-last_n:]:
+            L.llama_sampler_accept(penalties, token)
+        L.llama_sampler_chain_add(chain, penalties)
+    if grammar:
+        sampler = L.llama_sampler_init_grammar(vocab.handle, grammar.encode("utf-8"), b"root")
+        if not sampler:
+            L.llama_sampler_free(chain)
+            raise ValueError("invalid grammar")
+        L.llama_sampler_chain_add(chain, sampler)
+    if opts.temperature <= 0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        return chain
+    if opts.top_k > 0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(opts.top_k))
+    if opts.typical_p < 1.0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_typical(opts.typical_p, 1))
+    if opts.top_p < 1.0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(opts.top_p, 1))
+    if opts.min_p > 0.0:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(opts.min_p, 1))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(opts.temperature))
+    seed = opts.seed & 0xFFFFFFFF if opts.seed >= 0 else L.LLAMA_DEFAULT_SEED
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed))
+    return chain

@@ -33,30 +33,32 @@ class StreamedText:
 
     def feed(self, piece: bytes) -> TextOutput:
         self._held += self._decoder.decode(piece)
-        return self._release()
+        return self._release(final=False)
 
     def finish(self) -> TextOutput:
         """End of generation: flush what is held (a dangling partial stop is just text)."""
         self._held += self._decoder.decode(b"", final=True)
-        out = self._release()
+        out = self._release(final=True)
         if out.stopped:
             return out
         rest, self._held = self._held, ""
         return TextOutput(out.text + rest)
 
-    def _release(self) -> TextOutput:
+    def _release(self, *, final: bool) -> TextOutput:
         held = self._held
         first = -1
         for stop in self._stops:
             at = held.find(stop)
             if at != -1 and (first == -1 or at < first):
                 first = at
-        if first != -1:
+        # A stop that could still complete, starting before the earliest complete
+        # one, takes precedence: wait for more text before deciding.
+        partial = len(held) - self._partial_stop_suffix(held)
+        if first != -1 and (final or first <= partial):
             self._held = ""
             return TextOutput(held[:first], stopped=True)
-        keep = self._partial_stop_suffix(held)
-        self._held = held[len(held) - keep :] if keep else ""
-        return TextOutput(held[: len(held) - keep])
+        self._held = held[partial:]
+        return TextOutput(held[:partial])
 
     def _partial_stop_suffix(self, text: str) -> int:
         """Length of the longest suffix of ``text`` that begins some stop sequence."""

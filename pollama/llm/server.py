@@ -1,0 +1,410 @@
+"""``LlamaServer``: one runner process serving one model — the interface the scheduler sees.
+
+    server = await LlamaServer.start(model, config, settings, gpus)
+    devices = await server.load(system, gpus, policy)   # fit → alloc → commit
+    await server.wait_until_running()                   # weights read
+    async for piece in server.completion(request): ...
+    await server.close()
+
+Errors follow one rule: ``RunnerDied`` (carrying the runner's last error line)
+when the process is gone, ``RunnerError`` when it failed one request and may
+still serve others (``RunnerHTTPError`` keeps the runner's HTTP status),
+``LoadError`` and its subclasses when a model cannot be placed or loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.errors import InvalidFormat, LoadError, RunnerDied, RunnerError, RunnerHTTPError
+from pollama.ggufmeta import GGUFModel
+from pollama.llm.layout import Layout, LayoutPolicy
+from pollama.llm.load import load_model
+from pollama.llm.memory import BackendMemory
+from pollama.llm.options import LoadConfig
+from pollama.llm.placement import plan_placement
+from pollama.llm.process import RunnerProcess, free_port, runner_environment
+from pollama.llm.runner_client import RunnerClient
+from pollama.runner.protocol import (
+    CompletionChunk,
+    CompletionDone,
+    CompletionRequest,
+    EmbeddingResponse,
+    Health,
+    HealthStatus,
+    LoadOperation,
+    LoadRequest,
+    LoadResponse,
+    ProtocolError,
+    parse_completion_line,
+)
+from pollama.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ClientFactory = Callable[[int], RunnerClient]
+
+POLL_INTERVAL = 0.1
+"""Seconds between /health polls while a runner starts or loads."""
+EXIT_GRACE = 3.0
+"""After a broken connection, how long to wait for the process to be reaped
+before concluding it is alive (a dying process closes its sockets first)."""
+NO_SLOT_RETRIES = 10
+REPEAT_LIMIT = 30
+"""A generation repeating one piece more than this many times in a row is ended."""
+
+
+class LlamaServer:
+    """A runner process and its model. Create with ``await LlamaServer.start(...)``."""
+
+    def __init__(
+        self,
+        model: GGUFModel,
+        config: LoadConfig,
+        settings: Settings,
+        process: RunnerProcess,
+        client: RunnerClient,
+        port: int,
+        load_request: LoadRequest,
+    ) -> None:
+        self._model = model
+        self._config = config
+        self._settings = settings
+        self._process = process
+        self._client = client
+        self._port = port
+        self._load_request = load_request
+        self._semaphore = asyncio.Semaphore(max(1, config.parallel))
+        self._memory: BackendMemory | None = None
+        self._layout = Layout()
+        self._close_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(
+        cls,
+        model: GGUFModel,
+        config: LoadConfig,
+        settings: Settings,
+        gpus: Sequence[DeviceInfo],
+        *,
+        runner_command: Sequence[str] | None = None,
+        client_factory: ClientFactory | None = None,
+        lora: Sequence[str] = (),
+        projector: str = "",
+        stop_grace: float = 5.0,
+    ) -> LlamaServer:
+        """Start ``pollama runner`` for ``model`` on a free loopback port, seeing only ``gpus``."""
+        port = free_port()
+        base = list(runner_command or [sys.executable, "-m", "pollama", "runner"])
+        command = [*base, "--model", str(model.path), "--port", str(port)]
+        env = runner_environment(gpus, os.environ)
+        try:
+            process = await RunnerProcess.spawn(command, env, stop_grace=stop_grace)
+        except OSError as exc:
+            raise RunnerError(f"error starting runner: {exc}") from exc
+        try:
+            if client_factory is None:
+                client = RunnerClient(port, load_timeout=settings.load_timeout)
+            else:
+                client = client_factory(port)
+        except BaseException:
+            await process.stop()
+            raise
+        request = LoadRequest(
+            operation=LoadOperation.FIT,
+            num_ctx=config.num_ctx,
+            parallel=config.parallel,
+            batch_size=config.batch_size,
+            kv_cache_type=config.kv_cache_type,
+            flash_attention=config.flash_attention.value,
+            num_threads=config.num_threads,
+            use_mmap=config.use_mmap,
+            main_gpu=config.main_gpu,
+            lora=tuple(lora),
+            projector=projector,
+        )
+        return cls(model, config, settings, process, client, port, request)
+
+    # -- facts the scheduler and /api/ps read -------------------------------------------
+
+    @property
+    def model_path(self) -> Path:
+        return self._model.path
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def context_length(self) -> int:
+        """num_ctx per sequence."""
+        return self._config.num_ctx
+
+    @property
+    def memory(self) -> BackendMemory | None:
+        """The runner's figures after a load, the estimate during one, None before."""
+        return self._memory
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    def memory_size(self) -> tuple[int, int]:
+        """(total, vram) in bytes; (0, 0) before ``load``."""
+        return self._memory.memory_size() if self._memory else (0, 0)
+
+    def vram_by_gpu(self, device: DeviceID) -> int:
+        return self._memory.vram_by_gpu(device) if self._memory else 0
+
+    def has_exited(self) -> bool:
+        return self._process.has_exited()
+
+    # -- loading ------------------------------------------------------------------------
+
+    async def load(
+        self, system: SystemInfo, gpus: Sequence[DeviceInfo], policy: LayoutPolicy
+    ) -> list[DeviceID]:
+        """Place the model (estimate, then the runner's figures) and load it; the GPUs used.
+
+        Raises LoadRequiredFull / InsufficientMemory from the layout, LoadError when
+        no layout can be allocated, RunnerDied if the runner exits meanwhile.
+        """
+        placement = plan_placement(self._model, self._config, system, gpus, policy)
+        self._memory, self._layout = placement.memory, placement.layout
+        log.info(
+            "loading model %s: layers=%d requested=%d estimate=%s",
+            self._model.path.name,
+            placement.memory.n_layers,
+            policy.num_gpu,
+            placement.layout,
+        )
+        await self._wait_launched()
+        result = await load_model(
+            _CheckedLoads(self),
+            system,
+            gpus,
+            request=self._load_request,
+            layout=placement.layout,
+            memory=placement.memory,
+            policy=policy,
+        )
+        self._memory, self._layout = result.memory, result.layout
+        return result.devices()
+
+    async def _wait_launched(self) -> None:
+        """Until the runner answers /health at all (it binds its port after starting)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while await self._poll_health() is None:
+            if loop.time() - started > self._settings.load_timeout:
+                raise LoadError("timed out waiting for the runner to start")
+            await self._process.wait_exited(POLL_INTERVAL)
+
+    async def wait_until_running(self) -> None:
+        """Poll /health until the model is ready. Fails after ``load_timeout`` seconds
+        without progress, and at once with RunnerDied if the runner exits."""
+        loop = asyncio.get_running_loop()
+        started = stalled_since = loop.time()
+        progress = -1.0
+        while True:
+            health = await self._poll_health()
+            if health is not None:
+                if health.status in (HealthStatus.READY, HealthStatus.NO_SLOTS):
+                    log.info("runner started in %.2f seconds", loop.time() - started)
+                    return
+                if health.status is HealthStatus.ERROR:
+                    raise LoadError(f"error loading model: {health.error or 'runner error'}")
+                if health.progress > progress:
+                    progress, stalled_since = health.progress, loop.time()
+            if loop.time() - stalled_since > self._settings.load_timeout:
+                raise LoadError(
+                    "timed out waiting for llama runner to start - "
+                    f"progress {max(progress, 0.0):.2f} after {self._settings.load_timeout:g}s"
+                )
+            await self._process.wait_exited(POLL_INTERVAL)
+
+    async def _poll_health(self) -> Health | None:
+        """The runner's health; None while it does not answer; RunnerDied once it is gone."""
+        if self._process.has_exited():
+            raise self._died()
+        try:
+            return await self._client.health()
+        except (httpx.TransportError, ProtocolError, RunnerHTTPError) as exc:
+            if self._process.has_exited():
+                raise self._died() from exc
+            return None
+
+    async def _send_load(self, request: LoadRequest) -> LoadResponse:
+        return await self._request(lambda: self._client.load(request))
+
+    async def ping(self) -> None:
+        health = await self._request(self._client.health)
+        if health.status is HealthStatus.ERROR:
+            raise RunnerError(health.error or "runner reported an error")
+
+    # -- requests -----------------------------------------------------------------------
+
+    def completion(
+        self, request: CompletionRequest, format: object = None
+    ) -> AsyncGenerator[CompletionChunk | CompletionDone, None]:
+        """Stream a completion. ``format`` ("json" or a JSON schema) is turned into a
+        grammar here, before anything reaches the runner: InvalidFormat is raised by
+        this call, not by the iteration."""
+        grammar = _grammar(format)
+        if grammar:
+            request = replace(request, grammar=grammar)
+        limit = 10 * self.context_length
+        if not 0 <= request.options.num_predict <= limit:
+            request = replace(request, options=replace(request.options, num_predict=limit))
+        return self._stream(request)
+
+    async def _stream(
+        self, request: CompletionRequest
+    ) -> AsyncGenerator[CompletionChunk | CompletionDone, None]:
+        async with self._semaphore:
+            await self._ready()
+            repeats, last, pieces = 0, "", 0
+            first_piece = 0
+            try:
+                async with self._client.completion(request) as lines:
+                    async for line in lines:
+                        if not line.strip():
+                            continue
+                        item = _parse_line(line)
+                        if isinstance(item, CompletionDone):
+                            yield item
+                            return
+                        if item.content:
+                            repeats = repeats + 1 if item.content == last else 0
+                            last = item.content
+                            if repeats > REPEAT_LIMIT:
+                                # Leaving the stream context closes the connection,
+                                # which stops the runner's generation.
+                                log.warning("prediction aborted: piece repeated %d times", repeats)
+                                elapsed = time.monotonic_ns() - first_piece if first_piece else 0
+                                yield CompletionDone("stop", 0, 0, pieces, elapsed)
+                                return
+                        pieces += 1
+                        first_piece = first_piece or time.monotonic_ns()
+                        yield item
+            except httpx.TransportError as exc:
+                raise await self._connection_lost(exc) from exc
+            raise await self._connection_lost(None)
+
+    async def embedding(self, inputs: Sequence[str], truncate: bool = True) -> EmbeddingResponse:
+        async with self._semaphore:
+            await self._ready()
+            return await self._request(lambda: self._client.embedding(inputs, truncate))
+
+    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        await self._ready()
+        return await self._request(lambda: self._client.tokenize(text, add_special))
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        await self._ready()
+        return await self._request(lambda: self._client.detokenize(tokens))
+
+    async def _ready(self) -> None:
+        """The runner is ready for a request; retry briefly while it has no free slot."""
+        delay = 0.005
+        for _ in range(NO_SLOT_RETRIES):
+            health = await self._request(self._client.health)
+            if health.status is HealthStatus.READY:
+                return
+            if health.status is HealthStatus.NO_SLOTS:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            if health.status is HealthStatus.ERROR:
+                raise RunnerError(health.error or "runner reported an error")
+            raise RunnerError(f"model is not ready (runner status: {health.status.value})")
+        raise RunnerError(f"runner has no free slot after {NO_SLOT_RETRIES} retries")
+
+    async def _request(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One request to the runner, with a broken connection turned into RunnerDied
+        (the process is gone) or RunnerError (it is not)."""
+        if self._process.has_exited():
+            raise self._died()
+        try:
+            return await call()
+        except httpx.TransportError as exc:
+            raise await self._connection_lost(exc) from exc
+        except ProtocolError as exc:
+            raise RunnerError(f"bad response from runner: {exc}") from exc
+
+    async def _connection_lost(self, exc: Exception | None) -> RunnerError:
+        if await self._process.wait_exited(EXIT_GRACE):
+            return self._died()
+        if exc is None:
+            return RunnerError("runner ended the response early")
+        return RunnerError(f"lost connection to the runner: {exc!r}")
+
+    def _died(self) -> RunnerDied:
+        return RunnerDied(f"llama runner process has terminated: {self._process.exit_reason}")
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop the runner (SIGTERM, then SIGKILL) and wait for it. Idempotent."""
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._close_task)
+
+    async def _shutdown(self) -> None:
+        log.debug("stopping runner pid=%d", self.pid)
+        try:
+            await self._process.stop()
+        finally:
+            await self._client.aclose()
+
+
+class _CheckedLoads:
+    """The load loop's client: /load through LlamaServer's error mapping."""
+
+    def __init__(self, server: LlamaServer) -> None:
+        self._server = server
+
+    async def load(self, request: LoadRequest) -> LoadResponse:
+        return await self._server._send_load(request)
+
+
+def _parse_line(line: str) -> CompletionChunk | CompletionDone:
+    try:
+        body = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RunnerError(f"bad response from runner: {exc}") from None
+    if not isinstance(body, dict):
+        raise RunnerError("bad response from runner: a line that is not an object")
+    try:
+        return parse_completion_line(body)
+    except ProtocolError as exc:
+        raise RunnerError(f"bad response from runner: {exc}") from None
+    except RuntimeError as exc:  # the runner's {"error": ...} line
+        raise RunnerError(str(exc)) from None
+
+
+def _grammar(format: object) -> str:
+    if format is None or format == "":
+        return ""
+    try:
+        from pollama.llm.grammar import grammar_from_format
+    except ImportError:
+        raise InvalidFormat("structured output (format) is not available") from None
+    return grammar_from_format(format)
