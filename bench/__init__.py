@@ -1,0 +1,1 @@
+"""Benchmarks: speed measured as ratios against a peer run in the same session."""
