@@ -5,7 +5,7 @@ crash in it cannot take pytest down:
 
     python tests/llama_probe.py MODEL N_CTX N_SEQ N_BATCH FLASH(-1|0|1) KV_TYPE
 
-Prints one JSON object: {"model": bytes, "kv": bytes, "compute": bytes}, each
+Prints one JSON object: {"model", "kv", "compute", "output"} in bytes, each
 summed over the devices llama.cpp names, from its "... buffer size = X MiB" lines.
 """
 
@@ -17,7 +17,7 @@ import re
 import sys
 import tempfile
 
-_LINE = re.compile(r"(model|KV|compute) buffer size =\s+([0-9.]+) MiB")
+_LINE = re.compile(r"(model|KV|compute|output) buffer size =\s+([0-9.]+) MiB")
 _KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type values
 
 
@@ -33,7 +33,7 @@ def main() -> None:
             os.dup2(saved, 2)
         log.seek(0)
         text = log.read()
-    sizes = {"model": 0.0, "kv": 0.0, "compute": 0.0}
+    sizes = {"model": 0.0, "kv": 0.0, "compute": 0.0, "output": 0.0}
     for kind, mib in _LINE.findall(text):
         sizes[kind.lower()] += float(mib)
     print(json.dumps({k: round(v * 1024 * 1024) for k, v in sizes.items()}))
@@ -54,6 +54,7 @@ def _load(path: str, n_ctx: int, n_seq: int, n_batch: int, flash: int, kv_type: 
     params.flash_attn_type = flash
     params.type_k = params.type_v = _KV_TYPES[kv_type]
     params.swa_full = False
+    params.n_outputs_max = n_seq  # as the runner configures it
     ctx = L.llama_init_from_model(model, params)
     if not ctx:
         raise SystemExit("context failed to initialise")

@@ -62,7 +62,12 @@ def test_weights_kv_and_graph_match_llama_cpp(num_ctx, parallel, batch, flash, k
     assert weights == pytest.approx(measured["model"], rel=0.01)
     assert cache == pytest.approx(measured["kv"], rel=0.01)
     # The graph is an estimate by design (the runner measures it); hold it close anyway.
-    assert estimate.cpu.graph == pytest.approx(measured["compute"], rel=0.05)
+    graph = measured["compute"] + measured["output"]
+    if config.kv_cache_type == "f16":
+        assert estimate.cpu.graph == pytest.approx(graph, rel=0.05)
+    else:
+        # Quantized caches need a smaller mask than we assume: stay on the safe side.
+        assert graph <= estimate.cpu.graph <= 1.25 * graph
 
 
 def _config(model, **asked):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from pollama.discover.types import DeviceID
 from pollama.llm.memory import BackendMemory, DeviceMemory
-from pollama.runner.buffers import BufferSizes, device_of_buffer
+from pollama.runner.buffers import BufferSizes, device_of_buffer, visible_devices
 from pollama.runner.measure import _spread, measured_memory
 
 MiB = 1024 * 1024
@@ -79,3 +79,15 @@ def test_measured_figures_replace_the_estimate():
     assert len(measured.cpu.weights) == n
     dry = measured_memory(placed, sizes, graph_only=True)
     assert dry.cpu.weights == placed.cpu.weights and dry.cpu.graph == 99 * MiB
+
+
+def test_runner_device_names_map_to_the_servers():
+    mapping = visible_devices({"CUDA_VISIBLE_DEVICES": "1,3", "HIP_VISIBLE_DEVICES": "2"})
+    sizes = BufferSizes(device_map=mapping)
+    sizes.feed("CUDA0 model buffer size =  10.00 MiB")
+    sizes.feed("CUDA1 model buffer size =  20.00 MiB")
+    sizes.feed("ROCm0 KV buffer size =  5.00 MiB")
+    assert sizes.get(DeviceID("CUDA", "1"), "model") == 10 * MiB
+    assert sizes.get(DeviceID("CUDA", "3"), "model") == 20 * MiB
+    assert sizes.get(DeviceID("ROCm", "2"), "KV") == 5 * MiB
+    assert visible_devices({}) == {}

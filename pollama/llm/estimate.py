@@ -78,25 +78,42 @@ def _recurrent_state(model: GGUFModel) -> int:
 def graph_size(model: GGUFModel, config: LoadConfig) -> int:
     """Compute-buffer estimate for one full batch (llama.cpp reserves for the worst case).
 
-    The allocator reuses memory between layers, so the peak is the larger of
-    the output step (logits for every position of the batch — dominant for
-    large vocabularies) and one layer's attention + FFN activations. Without
-    flash attention a layer materialises the KQ scores and an f32 mask over one
-    sequence's context; with it only an f16 mask. Calibrated against the
-    compute buffer llama.cpp logs for SmolLM2 (exact at batch 128 to 2048, with
-    and without flash attention).
+    The allocator reuses memory between operations, so the peak is the larger
+    of a layer's working set — the attention mask (an input, live through
+    every layer) plus the larger of the FFN and attention intermediates — and
+    the output step. Without flash attention a layer materialises the KQ
+    scores over one sequence's context. The runner asks llama.cpp for logits
+    at most once per sequence per step (``n_outputs_max = parallel``), so the
+    output step holds ``parallel`` rows of logits, not a batch's worth (which
+    would dominate for large vocabularies: 512 MiB for gemma3's 262k tokens).
+    Exact against llama.cpp's logged compute buffer for SmolLM2 across batch
+    sizes, contexts, sequence counts, with and without flash attention.
     """
     batch = config.batch_size
     # llama.cpp keeps one cache stream per sequence: attention spans one of them.
     n_kv = kv_cells(config) // config.parallel
     embd = model.embedding_length
-    output = _F32 * batch * (model.vocab_size + 2 * embd)
-    layer = _F32 * batch * (3 * embd + model.feed_forward_length)
-    if config.flash_attention_on:
-        layer += 2 * batch * n_kv
-    else:
-        layer += _F32 * batch * n_kv * (model.head_count_max + 1)
-    return max(output, layer)
+    ff = model.feed_forward_length
+    flash = config.flash_attention_on
+    mask = batch * n_kv * (2 if flash else _F32)
+    ffn = _F32 * batch * (4 * embd + 3 * ff)
+    attention = _F32 * batch * (3 * embd + ff)
+    if not flash:
+        attention += _F32 * batch * n_kv * model.head_count_max
+    output = _F32 * output_rows(model, config) * (model.vocab_size + 2 * embd)
+    return max(mask + max(ffn, attention), output)
+
+
+def output_rows(model: GGUFModel, config: LoadConfig) -> int:
+    """Positions per batch that produce output: one per sequence when generating;
+    every token for an embedding model (pooling reads them all)."""
+    return config.batch_size if model.is_embedding_model else config.parallel
+
+
+def output_buffer(model: GGUFModel, config: LoadConfig) -> int:
+    """The host buffer llama.cpp keeps for logits (or embeddings) of one step."""
+    width = model.embedding_length if model.is_embedding_model else model.vocab_size
+    return _F32 * width * output_rows(model, config)
 
 
 def estimate_memory(
@@ -127,9 +144,10 @@ def estimate_memory(
     )
     cache = [*kv_cache_per_layer(model, config, swa_full=swa_full), 0]
     graph = graph_size(model, config)
+    cpu_graph = graph + output_buffer(model, config)
     return BackendMemory(
         input_weights=input_weights,
-        cpu=DeviceMemory("CPU", None, tuple(weights), tuple(cache), graph=graph),
+        cpu=DeviceMemory("CPU", None, tuple(weights), tuple(cache), graph=cpu_graph),
         gpus=tuple(DeviceMemory.empty(g.name, g.id, n_layers) for g in gpus),
         tied_output=tied,
         graph_estimate=graph,

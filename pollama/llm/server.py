@@ -195,7 +195,7 @@ class LlamaServer:
             policy.num_gpu,
             placement.layout,
         )
-        await self._wait_launched()
+        await self.wait_launched()
         result = await load_model(
             _CheckedLoads(self),
             system,
@@ -208,7 +208,7 @@ class LlamaServer:
         self._memory, self._layout = result.memory, result.layout
         return result.devices()
 
-    async def _wait_launched(self) -> None:
+    async def wait_launched(self) -> None:
         """Until the runner answers /health at all (it binds its port after starting)."""
         loop = asyncio.get_running_loop()
         started = loop.time()

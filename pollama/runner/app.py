@@ -108,17 +108,43 @@ def create_app(engine: Engine) -> FastAPI:
 
         work = EngineRequest(body, emit)
         engine.submit(work)
-        try:
-            first = await items.get()
-        except asyncio.CancelledError:
-            work.cancelled.set()
-            raise
+        first = await _first_item(request, items, work)
+        if first is None:
+            return Response(status_code=499)  # the client left before the first token
         if isinstance(first, EngineError):
             # Nothing streamed yet: the error gets its own status code.
             return JSONResponse({"error": str(first)}, status_code=first.status)
         return StreamingResponse(_stream(first, items, work), media_type=NDJSON)
 
     return app
+
+
+async def _first_item(
+    request: Request,
+    items: asyncio.Queue[CompletionChunk | CompletionDone | EngineError],
+    work: EngineRequest,
+) -> CompletionChunk | CompletionDone | EngineError | None:
+    """The first thing the engine sends, or None if the client disconnects first.
+
+    Prompt evaluation can take a while; a client that gives up meanwhile must
+    free its slot then, not when the first token would have been sent.
+    """
+    first = asyncio.ensure_future(items.get())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({first, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not first.done():
+            first.cancel()
+            work.cancelled.set()
+    return first.result() if first.done() and not first.cancelled() else None
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read, so the next message can only be the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _stream(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pollama.discover.types import DeviceID
@@ -38,17 +39,32 @@ def device_of_buffer(name: str) -> DeviceID | None:
     return DeviceID(library, match["index"] or "0")
 
 
+def visible_devices(environ: Mapping[str, str]) -> dict[DeviceID, DeviceID]:
+    """llama.cpp's device names → the server's, through the ``*_VISIBLE_DEVICES``
+    the server set: with ``CUDA_VISIBLE_DEVICES=1,3`` the runner's CUDA0 is CUDA:1."""
+    mapping: dict[DeviceID, DeviceID] = {}
+    for variable, library in (("CUDA_VISIBLE_DEVICES", "CUDA"), ("HIP_VISIBLE_DEVICES", "ROCm")):
+        ids = [part.strip() for part in environ.get(variable, "").split(",") if part.strip()]
+        for local, global_id in enumerate(ids):
+            mapping[DeviceID(library, str(local))] = DeviceID(library, global_id)
+    return mapping
+
+
 @dataclass
 class BufferSizes:
     """Bytes per (device, kind) where kind is model | KV | compute | output | RS."""
 
     sizes: dict[tuple[DeviceID | None, str], int] = field(default_factory=lambda: defaultdict(int))
+    device_map: Mapping[DeviceID, DeviceID] = field(default_factory=dict)
+    """The runner's device names → the server's (see ``visible_devices``)."""
 
     def feed(self, line: str) -> None:
         match = _LINE.search(line)
         if match:
-            key = (device_of_buffer(match["buffer"]), match["kind"])
-            self.sizes[key] += round(float(match["mib"]) * _MIB)
+            device = device_of_buffer(match["buffer"])
+            if device is not None:
+                device = self.device_map.get(device, device)
+            self.sizes[(device, match["kind"])] += round(float(match["mib"]) * _MIB)
 
     def get(self, device: DeviceID | None, kind: str) -> int:
         return self.sizes.get((device, kind), 0)

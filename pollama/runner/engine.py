@@ -15,6 +15,7 @@ steps; a cancelled request frees its slot at the next step.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -35,7 +36,7 @@ from pollama.llm.layout import place
 from pollama.llm.memory import BackendMemory
 from pollama.llm.options import FlashAttention, LoadConfig
 from pollama.runner import llama
-from pollama.runner.buffers import BufferSizes
+from pollama.runner.buffers import BufferSizes, visible_devices
 from pollama.runner.measure import measured_memory
 from pollama.runner.protocol import (
     CompletionChunk,
@@ -68,6 +69,17 @@ class EngineError(PollamaError):
     def __init__(self, message: str, status: int = 500) -> None:
         super().__init__(message)
         self.status = status
+
+
+class AllocationFailed(EngineError):
+    """llama.cpp could not allocate a buffer: the load loop may back off and retry.
+
+    Any other load failure (an unknown architecture, a damaged file) is final and
+    answered as an HTTP error, so the server does not retry what cannot work.
+    """
+
+
+_MEMORY_WORDS = ("alloc", "out of memory", "oom", "memory")
 
 
 Emit = Callable[[CompletionChunk | CompletionDone | EngineError], None]
@@ -140,6 +152,7 @@ class Engine:
         self._tokens_decoded = 0
         self._seqs_per_step: Counter[int] = Counter()
         self._progress_cb = L.llama_progress_callback(self._on_progress)
+        self._device_map = visible_devices(os.environ)
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         L.llama_backend_init()
 
@@ -238,16 +251,21 @@ class Engine:
                 self._status = HealthStatus.READY
                 self._progress = 1.0
             return LoadResponse(success=True, memory=self._loaded.memory)
+        except AllocationFailed as exc:
+            self._close()
+            self._error = str(exc)
+            return LoadResponse(success=False, error=str(exc))
         except EngineError as exc:
             self._close()
-            self._status, self._error = HealthStatus.LAUNCHED, str(exc)
-            return LoadResponse(success=False, error=str(exc))
+            self._error = str(exc)
+            raise
 
     def _fit(
         self, request: LoadRequest, config: LoadConfig, placed: BackendMemory
     ) -> BackendMemory:
         """Weights and KV from the exact arithmetic; the graph from a no-alloc dry run."""
-        buffers = BufferSizes()
+        buffers = BufferSizes(device_map=self._device_map)
+        self._log.begin()
         self._log.collector = buffers
         model = ctx = None
         try:
@@ -260,10 +278,10 @@ class Engine:
             )
             model = L.llama_model_load_from_file(self.model_path.encode(), params)
             if not model:
-                raise EngineError(self._why("unable to load model"))
+                raise self._load_failed("unable to load model")
             ctx = L.llama_init_from_model(model, self._context_params(config))
             if not ctx:
-                raise EngineError(self._why("unable to create context"))
+                raise self._load_failed("unable to create context")
         finally:
             self._log.collector = None
             if ctx:
@@ -274,7 +292,8 @@ class Engine:
 
     def _alloc(self, request: LoadRequest, config: LoadConfig, placed: BackendMemory) -> None:
         self._status, self._progress, self._error = HealthStatus.LOADING, 0.0, ""
-        buffers = BufferSizes()
+        buffers = BufferSizes(device_map=self._device_map)
+        self._log.begin()
         self._log.collector = buffers
         model = ctx = None
         try:
@@ -287,10 +306,10 @@ class Engine:
             )
             model = L.llama_model_load_from_file(self.model_path.encode(), params)
             if not model:
-                raise EngineError(self._why("unable to load model"))
+                raise self._load_failed("unable to load model")
             ctx = L.llama_init_from_model(model, self._context_params(config))
             if not ctx:
-                raise EngineError(self._why("unable to create context"))
+                raise self._load_failed("unable to create context")
         except BaseException:
             if ctx:
                 L.llama_free(ctx)
@@ -318,8 +337,15 @@ class Engine:
         )
 
     def _why(self, what: str) -> str:
-        detail = self._log.last_error
+        detail = self._log.reason()
         return f"{what}: {detail}" if detail else what
+
+    def _load_failed(self, what: str) -> EngineError:
+        """The error for a NULL from llama.cpp: allocation failures may be retried."""
+        message = self._why(what)
+        if any(word in self._log.reason().lower() for word in _MEMORY_WORDS):
+            return AllocationFailed(message)
+        return EngineError(message)
 
     def _on_progress(self, progress: float, _user: Any) -> bool:
         self._progress = float(progress)
@@ -429,6 +455,7 @@ class Engine:
     def _sampler(
         self, loaded: _Loaded, opts: SamplingOptions, grammar: str, prompt: list[int]
     ) -> Any:
+        self._log.begin()
         try:
             return llama.sampler_chain(loaded.vocab, opts, grammar, prompt, loaded.config.num_ctx)
         except ValueError:
@@ -663,7 +690,7 @@ class Engine:
             )
             loaded.embed_ctx = L.llama_init_from_model(loaded.model, params)
             if not loaded.embed_ctx:
-                raise EngineError(self._why("unable to create the embedding context"))
+                raise self._load_failed("unable to create the embedding context")
         return loaded.embed_ctx
 
 

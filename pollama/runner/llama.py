@@ -40,9 +40,18 @@ class LlamaLog:
         self._level = 2
         self._lock = threading.Lock()
         self.collector: BufferSizes | None = None
-        self.last_error = ""
+        self.errors: list[str] = []
+        """Error lines since the last ``begin()``: the first is usually the specific one
+        ("unknown model architecture: …"), later ones generic ("failed to load model")."""
         self._callback = L.llama_log_callback(self._on_log)
         L.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def begin(self) -> None:
+        """Start of an operation whose failure we may need to explain."""
+        self.errors = []
+
+    def reason(self) -> str:
+        return self.errors[0] if self.errors else ""
 
     def _on_log(self, level: int, text: bytes, _user: Any) -> None:
         chunk = text.decode("utf-8", errors="replace")
@@ -59,7 +68,7 @@ class LlamaLog:
             self.collector.feed(line)
         error = level >= 4 or "error" in line.lower() or "failed" in line.lower()
         if error:
-            self.last_error = line.strip()
+            self.errors.append(line.strip())
         if self._verbose or level >= GGML_LOG_LEVEL_WARN or error:
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
@@ -107,6 +116,10 @@ def context_params(
     params.kv_unified = unified
     params.embeddings = embeddings
     params.no_perf = True
+    if not embeddings:
+        # We ask for logits once per sequence per step; reserving them for every
+        # position of a batch would waste vocab × batch × 4 bytes of compute buffer.
+        params.n_outputs_max = n_seq
     if pooling is not None:
         params.pooling_type = pooling
     return params
