@@ -45,8 +45,16 @@ Choices a client can notice, all in the "fewer documents" direction:
   integers when it divides 1 and for numbers when it is a power of ten.
 * Whitespace between tokens is a single space or a newline plus up to 40
   spaces or tabs, so a model can pretty-print but cannot loop on blanks.
+* ``enum``/``const`` values are written as compact JSON, keys in the given order.
+  Extra object keys are spelled without escapes. Strings never escape UTF-16
+  surrogates (a raw character does the job), which also keeps
+  ``minLength`` exact.
 * Lengths and repetitions are capped (``MAX_ITEMS``, ``MAX_LENGTH``); larger
   bounds raise instead of being silently dropped.
+* Annotations (``title``, ``description``, ``default``, ``examples``, ``$comment``,
+  ``x-*`` extensions, ...) are ignored, as are keywords whose value constrains
+  nothing (``uniqueItems: false``) and keywords for another type than the one
+  being generated (``minimum`` on a string), exactly as a validator would.
 
 The grammar ends right after the value (no trailing whitespace), so once the
 value is complete the grammar allows only end-of-generation tokens.
@@ -76,7 +84,6 @@ MAX_LENGTH = 10_000
 _CHUNK = 1000  # llama.cpp turns x{m,n} with n > 2000 into x{m,} silently; stay well below
 _INT_DIGITS = 16  # unbounded integers: up to 16 digits (2^53 has 16)
 _SIG_DIGITS = 15  # bounded numbers: every decimal with <= 15 digits survives a float parse
-_FRAC_DIGITS = 16
 _RULE_NAME = re.compile(r"[A-Za-z0-9-]+")
 
 _TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
@@ -200,7 +207,7 @@ def json_schema_to_grammar(schema: Mapping[str, Any]) -> str:
     return converter.grammar.text(f"{converter.grammar.prim('ws')} {top}")
 
 
-# --------------------------------------------------------------------------- grammar text
+# ---- grammar text
 
 
 class _Grammar:
@@ -307,7 +314,7 @@ def _is_atom(expr: str) -> bool:
     return re.fullmatch(r'"(?:[^"\\]|\\.)*"', expr) is not None
 
 
-# --------------------------------------------------------------------------- code point sets
+# ---- code point sets
 
 _Ranges: TypeAlias = tuple[tuple[int, int], ...]
 _UNIVERSE: _Ranges = ((0, 0xD7FF), (0xE000, 0x10FFFF))  # Unicode scalar values
@@ -384,7 +391,7 @@ def _json_char(code: int) -> str:
     return chr(code)
 
 
-# --------------------------------------------------------------------------- JSON values
+# ---- JSON values
 
 
 def _show(value: object) -> str:
@@ -502,7 +509,7 @@ def _as_list(value: object, keyword: str) -> list[Any]:
     return list(value)
 
 
-# --------------------------------------------------------------------------- numbers
+# ---- numbers
 
 
 @dataclass(frozen=True)
@@ -565,7 +572,7 @@ def _zero_fraction_ok(
     return True
 
 
-# --------------------------------------------------------------------------- regular expressions
+# ---- regular expressions
 
 
 @dataclass(frozen=True)
@@ -834,7 +841,7 @@ def _has_anchor(node: _RNode) -> bool:
     return False
 
 
-# --------------------------------------------------------------------------- the converter
+# ---- the converter
 
 
 class _Converter:
@@ -1028,8 +1035,7 @@ class _Converter:
         if _json_eq(a, b):
             return a
         if key == "type":
-            left = {a} if isinstance(a, str) else set(a)
-            right = {b} if isinstance(b, str) else set(b)
+            left, right = _type_set(a), _type_set(b)
             both = left & right
             if {"integer", "number"} & left and {"integer", "number"} & right:
                 both |= {"integer"} if "number" not in both else set()
@@ -1041,7 +1047,7 @@ class _Converter:
             return max(a, b, key=lambda v: _decimal(v, key))
         if key in ("maxLength", "maxItems", "maximum", "exclusiveMaximum") and not exclusive_flags:
             return min(a, b, key=lambda v: _decimal(v, key))
-        if key == "required":
+        if key == "required" and isinstance(a, list) and isinstance(b, list):
             return list(dict.fromkeys([*a, *b]))
         if key == "properties" and isinstance(a, Mapping) and isinstance(b, Mapping):
             out = dict(a)
@@ -1126,10 +1132,8 @@ class _Converter:
         if others:
             raise UnsupportedSchema(others[0], "cannot be combined with enum or const")
         if "type" in schema:
-            allowed = set(self._types(schema)) | (
-                {"integer"} if "number" in self._types(schema) else set()
-            )
-            values = [v for v in values if _json_types(v) & allowed]
+            allowed = set(self._types(schema))
+            values = [v for v in values if _types_overlap(_json_types(v), allowed)]
         texts = list(dict.fromkeys(_json_text(v, keyword) for v in values))
         if not texts:
             raise UnsupportedSchema(keyword, "no listed value satisfies the rest of the schema")
@@ -1421,14 +1425,14 @@ class _Converter:
                         "multipleOf", "only values that divide 1 are supported for integers"
                     )
             else:
-                sign, digits, exponent = step.normalize().as_tuple()
+                _, digits, exponent = step.normalize().as_tuple()
                 if digits != (1,) or not isinstance(exponent, int) or exponent > 0:
                     raise UnsupportedSchema(
                         "multipleOf", "only 1, 0.1, 0.01, ... are supported for numbers"
                     )
                 fraction_digits = -exponent
                 integer = fraction_digits == 0
-        if lower is None and upper is None and fraction_digits is None:
+        if lower is None and upper is None and (integer or fraction_digits is None):
             return g.prim("integer" if integer else "number")
         if integer:
             return self._integer_range(lower, upper)
@@ -1659,6 +1663,13 @@ def _declared_types(schema: Mapping[str, Any], literals: list[Any] | None) -> se
     if isinstance(declared, list | tuple):
         return set(declared)
     return None
+
+
+def _type_set(declared: object) -> set[str]:
+    names = [declared] if isinstance(declared, str) else declared
+    if not isinstance(names, list | tuple) or not all(isinstance(t, str) for t in names):
+        raise UnsupportedSchema("type", f"must be a type name or a list of them: {_show(declared)}")
+    return set(names)
 
 
 def _ref_hint(ref: object) -> str:
