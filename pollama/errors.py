@@ -3,6 +3,12 @@
     PollamaError                    anything pollama reports to a user as is
     ├── InvalidModelFile            a model file that is not a usable GGUF
     ├── ModelNotFound               a name or path that names no model
+    ├── InvalidModelName            a name Ollama's rules reject (or a traversal attempt)
+    ├── InvalidDigest               a blob digest that is not sha256:<64 hex>
+    ├── DigestMismatch              uploaded bytes whose sha256 is not the named digest
+    ├── InvalidModelfile            a Modelfile that does not parse (names the line)
+    ├── InvalidTemplate             a chat template that fails to compile or render
+    ├── QueueFull                   too many requests waiting (HTTP 503)
     ├── InvalidDeviceSpec           a simulated-GPU spec that does not parse
     ├── InvalidFormat               a ``format`` that is neither "json" nor a JSON schema
     │   └── UnsupportedSchema       a schema using a keyword no grammar can enforce
@@ -42,6 +48,46 @@ class ModelNotFound(PollamaError):
     def __init__(self, name: str) -> None:
         super().__init__(f"model '{name}' not found")
         self.name = name
+
+
+class InvalidModelName(PollamaError):
+    """A model name that is not ``[host/][namespace/]model[:tag]`` by Ollama's rules."""
+
+    def __init__(self, name: str, problem: str = "") -> None:
+        super().__init__(f"invalid model name {name!r}" + (f": {problem}" if problem else ""))
+        self.name = name
+
+
+class InvalidDigest(PollamaError):
+    """A digest that is not ``sha256:`` (or ``sha256-``) followed by 64 hex digits."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(f"invalid digest {digest!r}: expected sha256:<64 hex digits>")
+        self.digest = digest
+
+
+class DigestMismatch(PollamaError):
+    """Uploaded bytes that do not hash to the digest they were sent under."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"digest mismatch: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class InvalidModelfile(PollamaError):
+    """A Modelfile that does not parse; the message names the line."""
+
+
+class InvalidTemplate(PollamaError):
+    """A chat template that cannot be compiled or rendered."""
+
+
+class QueueFull(PollamaError):
+    """More requests are waiting than OLLAMA_MAX_QUEUE allows."""
+
+    def __init__(self) -> None:
+        super().__init__("server busy, please try again.  maximum pending requests exceeded")
 
 
 class InvalidDeviceSpec(PollamaError):

@@ -1,0 +1,1 @@
+"""The server side: model store, Modelfiles, prompt rendering, the scheduler."""
