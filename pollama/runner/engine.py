@@ -264,34 +264,24 @@ class Engine:
         self, request: LoadRequest, config: LoadConfig, placed: BackendMemory
     ) -> BackendMemory:
         """Weights and KV from the exact arithmetic; the graph from a no-alloc dry run."""
-        buffers = BufferSizes(device_map=self._device_map)
-        self._log.begin()
-        self._log.collector = buffers
-        model = ctx = None
-        try:
-            params = llama.model_params(
-                gpu_layers=request.layout.count,
-                main_gpu=request.main_gpu,
-                use_mmap=False,
-                dry_run=True,
-                progress=None,
-            )
-            model = L.llama_model_load_from_file(self.model_path.encode(), params)
-            if not model:
-                raise self._load_failed("unable to load model")
-            ctx = L.llama_init_from_model(model, self._context_params(config))
-            if not ctx:
-                raise self._load_failed("unable to create context")
-        finally:
-            self._log.collector = None
-            if ctx:
-                L.llama_free(ctx)
-            if model:
-                L.llama_model_free(model)
+        model, ctx, buffers = self._open(request, config, dry_run=True)
+        L.llama_free(ctx)
+        L.llama_model_free(model)
         return measured_memory(placed, buffers, graph_only=True)
 
     def _alloc(self, request: LoadRequest, config: LoadConfig, placed: BackendMemory) -> None:
         self._status, self._progress, self._error = HealthStatus.LOADING, 0.0, ""
+        model, ctx, buffers = self._open(request, config, dry_run=False)
+        memory = measured_memory(placed, buffers, graph_only=False)
+        vocab = llama.Vocab(model)
+        self._loaded = _Loaded(model, ctx, vocab, llama.Batch(config.batch_size), config, memory)
+        self._slots = [Slot(i) for i in range(config.parallel)]
+
+    def _open(
+        self, request: LoadRequest, config: LoadConfig, *, dry_run: bool
+    ) -> tuple[Any, Any, BufferSizes]:
+        """Model and context as the request describes them, with the buffer sizes
+        llama.cpp logged while making them; nothing stays allocated on failure."""
         buffers = BufferSizes(device_map=self._device_map)
         self._log.begin()
         self._log.collector = buffers
@@ -300,9 +290,9 @@ class Engine:
             params = llama.model_params(
                 gpu_layers=request.layout.count,
                 main_gpu=request.main_gpu,
-                use_mmap=request.use_mmap,
-                dry_run=False,
-                progress=self._progress_cb,
+                use_mmap=request.use_mmap and not dry_run,
+                dry_run=dry_run,
+                progress=None if dry_run else self._progress_cb,
             )
             model = L.llama_model_load_from_file(self.model_path.encode(), params)
             if not model:
@@ -310,6 +300,7 @@ class Engine:
             ctx = L.llama_init_from_model(model, self._context_params(config))
             if not ctx:
                 raise self._load_failed("unable to create context")
+            return model, ctx, buffers
         except BaseException:
             if ctx:
                 L.llama_free(ctx)
@@ -318,10 +309,6 @@ class Engine:
             raise
         finally:
             self._log.collector = None
-        memory = measured_memory(placed, buffers, graph_only=False)
-        vocab = llama.Vocab(model)
-        self._loaded = _Loaded(model, ctx, vocab, llama.Batch(config.batch_size), config, memory)
-        self._slots = [Slot(i) for i in range(config.parallel)]
 
     def _context_params(self, config: LoadConfig) -> Any:
         embedding = self.gguf.is_embedding_model
