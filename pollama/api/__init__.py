@@ -1,0 +1,1 @@
+"""The HTTP edge: Ollama's native API (/api/*) and the OpenAI-compatible one (/v1/*)."""

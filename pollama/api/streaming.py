@@ -1,0 +1,72 @@
+"""Streaming encoders: pure async generators over typed chunks.
+
+An error *before* the first byte becomes an HTTP status (raised to the
+caller, who answers with a status code); an error *after* it can only be one
+more record in the stream — ``{"error": "..."}`` for NDJSON, an ``error``
+event's JSON for SSE — because the status line has already gone out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from pollama.api.errors import message_of
+
+Record = BaseModel | dict[str, Any]
+
+
+def encode(record: Record) -> str:
+    if isinstance(record, BaseModel):
+        return record.model_dump_json(exclude_none=True)
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+async def first_and_rest(
+    records: AsyncIterator[Record],
+) -> tuple[Record | None, AsyncIterator[Record]]:
+    """Pull the first record so that an error before any byte can still become a status.
+
+    Returns (None, empty) for a stream with no records.
+    """
+    try:
+        first = await anext(records)
+    except StopAsyncIteration:
+        return None, records
+    return first, records
+
+
+async def ndjson(first: Record | None, rest: AsyncIterator[Record]) -> AsyncIterator[bytes]:
+    """One JSON object per line; a failure mid-stream is a final ``{"error": ...}`` line."""
+    if first is not None:
+        yield (encode(first) + "\n").encode()
+    try:
+        async for record in rest:
+            yield (encode(record) + "\n").encode()
+    except Exception as exc:  # after the first byte, the status can no longer change
+        yield (json.dumps({"error": message_of(exc)}) + "\n").encode()
+
+
+async def sse(
+    first: Record | None,
+    rest: AsyncIterator[Record],
+    *,
+    error: Callable[[BaseException], Record],
+    done: bool = True,
+) -> AsyncIterator[bytes]:
+    """Server-sent events: ``data: <json>\\n\\n`` per record, ``data: [DONE]`` at the end.
+
+    ``error`` shapes a mid-stream failure in the API's own error format.
+    """
+    if first is not None:
+        yield f"data: {encode(first)}\n\n".encode()
+    try:
+        async for record in rest:
+            yield f"data: {encode(record)}\n\n".encode()
+    except Exception as exc:
+        yield f"data: {encode(error(exc))}\n\n".encode()
+    if done:
+        yield b"data: [DONE]\n\n"
