@@ -1,0 +1,329 @@
+"""Walking a JSON schema: dispatch by keyword and type, literals, objects and arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from pollama.errors import InvalidFormat, UnsupportedSchema
+from pollama.llm.grammar.charsets import (
+    _JSON_SPECIAL,
+    _KEY_CHARS,
+    _chars,
+    _class,
+    _intersect,
+    _subtract,
+)
+from pollama.llm.grammar.combine import _check_disjoint, _literal_values, _merge, _resolve
+from pollama.llm.grammar.keywords import (
+    _ANNOTATIONS,
+    _ARRAY_KEYWORDS,
+    _NUMBER_KEYWORDS,
+    _OBJECT_KEYWORDS,
+    _STRING_KEYWORDS,
+    _TYPES,
+    MAX_ITEMS,
+    _check_keywords,
+    _constraining,
+)
+from pollama.llm.grammar.numbers import _Numbers
+from pollama.llm.grammar.rules import _Grammar, _lit, _paren, _seq
+from pollama.llm.grammar.strings import _string
+from pollama.llm.grammar.values import (
+    _as_list,
+    _canonical,
+    _count,
+    _json_text,
+    _json_types,
+    _show,
+    _types_overlap,
+)
+
+_ABSENT: Any = object()
+
+
+class _Converter:
+    """Walks one JSON schema and builds its grammar."""
+
+    def __init__(self, root: Mapping[str, Any]) -> None:
+        self.root = root
+        self.grammar = _Grammar()
+        self._rules: dict[str, str] = {}  # canonical schema text -> rule name
+        # Schemas being converted since the last '{' or '['; meeting one of them
+        # again would be left recursion, which llama.cpp rejects.
+        self._unguarded: list[set[str]] = [set()]
+        self._numbers = _Numbers(self.grammar)
+
+    # -- dispatch
+
+    def rule(self, schema: object, hint: str) -> str:
+        """The name of a rule (or a building block) matching ``schema``."""
+        if schema is True:
+            return self.grammar.prim("value")
+        if schema is False:
+            raise UnsupportedSchema("false", "the schema `false` matches no value")
+        if not isinstance(schema, Mapping):
+            raise InvalidFormat(f"invalid format: expected a schema object, got {_show(schema)}")
+        _check_keywords(schema)
+        if not _constraining(schema):
+            return self.grammar.prim("value")
+        key = _canonical(schema)
+        if key in self._rules:
+            if key in self._unguarded[-1]:
+                raise UnsupportedSchema(
+                    "$ref", "a schema that refers to itself without an object or array in between"
+                )
+            return self._rules[key]
+        name = self.grammar.fresh(hint)
+        self._rules[key] = name
+        self._unguarded[-1].add(key)
+        try:
+            body = self._body(schema, name)
+        finally:
+            self._unguarded[-1].discard(key)
+        self.grammar.define(name, body)
+        return name
+
+    @contextmanager
+    def _nested(self) -> Iterator[None]:
+        """Children of an object or array: they come after a '{' or '[', so recursion is fine."""
+        self._unguarded.append(set())
+        try:
+            yield
+        finally:
+            self._unguarded.pop()
+
+    def _body(self, schema: Mapping[str, Any], name: str) -> str:
+        def rest_without(keyword: str) -> dict[str, Any]:
+            return {k: v for k, v in schema.items() if k != keyword and k not in _ANNOTATIONS}
+
+        if "$ref" in schema:
+            ref = schema["$ref"]
+            rest = rest_without("$ref")
+            if not _constraining(rest):
+                return self.rule(_resolve(self.root, ref), _ref_hint(ref))
+            return self.rule(_merge(self.root, [{"$ref": ref}, rest]), name)
+        if "allOf" in schema:
+            parts = _as_list(schema["allOf"], "allOf")
+            return self.rule(_merge(self.root, [rest_without("allOf"), *parts]), name)
+        for keyword in ("oneOf", "anyOf"):
+            if keyword in schema:
+                options = [o for o in _as_list(schema[keyword], keyword) if o is not False]
+                if not options:
+                    raise UnsupportedSchema(keyword, "every alternative is `false`")
+                rest = rest_without(keyword)
+                if _constraining(rest):
+                    options = [_merge(self.root, [rest, option]) for option in options]
+                if keyword == "oneOf":
+                    _check_disjoint(self.root, options)
+                rules = [self.rule(option, f"{name}-{i}") for i, option in enumerate(options)]
+                return " | ".join(dict.fromkeys(rules))
+        if "enum" in schema or "const" in schema:
+            return self._literals(schema)
+        branches = [self._typed(t, schema, name) for t in self._types(schema)]
+        if len(branches) == 1:
+            return branches[0]
+        return " | ".join(_paren(branch) for branch in branches)
+
+    def _types(self, schema: Mapping[str, Any]) -> list[str]:
+        declared = schema.get("type", _ABSENT)
+        if declared is _ABSENT:
+            keys = schema.keys()
+            families = (
+                ("object", _OBJECT_KEYWORDS),
+                ("array", _ARRAY_KEYWORDS),
+                ("string", _STRING_KEYWORDS),
+                ("number", _NUMBER_KEYWORDS),
+            )
+            types = [t for t, words in families if keys & words] or list(_TYPES)
+        elif isinstance(declared, str):
+            types = [declared]
+        elif isinstance(declared, list | tuple) and declared:
+            types = list(declared)
+        else:
+            raise UnsupportedSchema(
+                "type", f"must be a type name or a list of them: {_show(declared)}"
+            )
+        for t in types:
+            if t not in _TYPES:
+                raise UnsupportedSchema("type", f"unknown type {_show(t)}")
+        if "number" in types and "integer" in types:
+            types.remove("integer")  # every integer is a number
+        return list(dict.fromkeys(types))
+
+    def _typed(self, type_name: str, schema: Mapping[str, Any], name: str) -> str:
+        if type_name == "null":
+            return self.grammar.prim("null")
+        if type_name == "boolean":
+            return self.grammar.prim("boolean")
+        if type_name == "string":
+            return _string(self.grammar, schema, name)
+        if type_name in ("integer", "number"):
+            return self._numbers.number(schema, integer=type_name == "integer")
+        if type_name == "object":
+            return self._object(schema, name)
+        return self._array(schema, name)
+
+    # -- literals
+
+    def _literals(self, schema: Mapping[str, Any]) -> str:
+        values = _literal_values(schema)
+        assert values is not None
+        keyword = "enum" if "enum" in schema else "const"
+        others = [k for k in _constraining(schema) if k not in ("enum", "const", "type")]
+        if others:
+            raise UnsupportedSchema(others[0], "cannot be combined with enum or const")
+        if "type" in schema:
+            allowed = set(self._types(schema))
+            values = [v for v in values if _types_overlap(_json_types(v), allowed)]
+        texts = list(dict.fromkeys(_json_text(v, keyword) for v in values))
+        if not texts:
+            raise UnsupportedSchema(keyword, "no listed value satisfies the rest of the schema")
+        return " | ".join(_lit(text) for text in texts)
+
+    # -- objects
+
+    def _object(self, schema: Mapping[str, Any], name: str) -> str:
+        g = self.grammar
+        props = schema.get("properties", {})
+        if not isinstance(props, Mapping):
+            raise UnsupportedSchema("properties", "must be an object")
+        required = schema.get("required", [])
+        if not isinstance(required, list | tuple) or not all(isinstance(r, str) for r in required):
+            raise UnsupportedSchema("required", "must be an array of property names")
+        extra = schema.get("additionalProperties", "properties" not in schema)
+        if not isinstance(extra, bool | Mapping):
+            raise UnsupportedSchema("additionalProperties", "must be a boolean or a schema")
+
+        declared: list[tuple[str, object, bool]] = []
+        for key, sub in props.items():
+            if sub is False:
+                if key in required:
+                    raise UnsupportedSchema(
+                        "required", f"{key!r} is required but its schema is false"
+                    )
+                continue
+            declared.append((key, sub, key in required))
+        for key in dict.fromkeys(required):
+            if key not in props:
+                if extra is False:
+                    raise UnsupportedSchema(
+                        "required",
+                        f"{key!r} is required but not among the properties, "
+                        "and additional properties are not allowed",
+                    )
+                declared.append((key, extra, True))
+
+        with self._nested():
+            pairs = []
+            for key, sub, is_required in declared:
+                value = self.rule(sub, f"{name}-{key}")
+                kv = g.helper(
+                    f"{name}-{key}-kv",
+                    f'{_lit(_json_text(key, "properties"))} ws ":" ws {value} ws',
+                )
+                pairs.append((kv, is_required))
+            extra_kv = ""
+            if extra is not False:
+                value = self.rule(extra, f"{name}-value")
+                key_rule = self._key_except([key for key, _, _ in declared], name)
+                extra_kv = g.helper(f"{name}-extra-kv", f'{key_rule} ws ":" ws {value} ws')
+        g.prim("ws")
+
+        # Build from the back: after[i] follows once something was written (so it
+        # starts with a comma), first[i] starts the object at property i.
+        after = g.helper(f"{name}-more", f'( "," ws {extra_kv} )*') if extra_kv else ""
+        first = g.helper(f"{name}-extras", f"( {extra_kv} {after} )?") if extra_kv else ""
+        for i in range(len(pairs) - 1, -1, -1):
+            kv, is_required = pairs[i]
+            start = _seq(kv, after)
+            if is_required:
+                first_body = start
+            elif first:
+                first_body = f"{start} | {first}"
+            else:
+                first_body = f"( {start} )?"
+            first = g.helper(f"{name}-from-{i}", first_body)
+            if i > 0:
+                step = f'"," ws {kv}' if is_required else f'( "," ws {kv} )?'
+                after = g.helper(f"{name}-after-{i}", _seq(step, after))
+        return _seq('"{" ws', first, '"}"')
+
+    def _key_except(self, names: list[str], hint: str) -> str:
+        """A JSON string that is none of ``names`` (keys spelled without escapes)."""
+        g = self.grammar
+        trie: dict[str, Any] = {}
+        for key in names:
+            if _intersect(_chars(key), _JSON_SPECIAL) or any(
+                0xD800 <= ord(c) <= 0xDFFF for c in key
+            ):
+                continue  # a raw-only key can never spell this name
+            node = trie
+            for ch in key:
+                node = node.setdefault(ch, {})
+            node[""] = {}
+        if not trie:
+            return g.prim("string")
+
+        def not_in(node: dict[str, Any]) -> str:
+            children = sorted(c for c in node if c)
+            others = _subtract(_KEY_CHARS, _chars("".join(children)))
+            alts = [f"{_class(others)} key-char*"] if others else []
+            alts += [f"{_lit(c)} {not_in(node[c])}" for c in children]
+            body = " | ".join(alts)
+            if "" not in node:
+                body = f"( {body} )?" if body else ""
+            return g.helper(f"{hint}-key", body)
+
+        g.prim("key-char")
+        return f'"\\"" {not_in(trie)} "\\""'
+
+    # -- arrays
+
+    def _array(self, schema: Mapping[str, Any], name: str) -> str:
+        g = self.grammar
+        items = schema.get("items", _ABSENT)
+        prefix = schema.get("prefixItems", [])
+        if isinstance(items, list | tuple):  # draft 4-2019 tuple form
+            if "prefixItems" in schema:
+                raise UnsupportedSchema("items", "an array of schemas together with prefixItems")
+            prefix, items = items, schema.get("additionalItems", _ABSENT)
+        if not isinstance(prefix, list | tuple):
+            raise UnsupportedSchema("prefixItems", "must be an array of schemas")
+        if items is _ABSENT:
+            rest: object = None if prefix else True  # tuples stay tuples
+        else:
+            rest = None if items is False else items
+        lo = _count(schema, "minItems", MAX_ITEMS) or 0
+        hi = _count(schema, "maxItems", MAX_ITEMS)
+        if hi is not None and lo > hi:
+            raise UnsupportedSchema("minItems", "is greater than maxItems")
+        fixed = list(prefix) if hi is None else list(prefix)[:hi]
+        if any(p is False for p in fixed):
+            raise UnsupportedSchema("prefixItems", "an item schema is false")
+        more_lo = max(0, lo - len(fixed))
+        more_hi = None if hi is None else hi - len(fixed)
+        if rest is None:
+            if more_lo:
+                raise UnsupportedSchema("minItems", "asks for more items than prefixItems allows")
+            more_hi = 0
+
+        with self._nested():
+            fixed_rules = [self.rule(p, f"{name}-{i}") for i, p in enumerate(fixed)]
+            item = self.rule(rest, f"{name}-item") if rest is not None and more_hi != 0 else ""
+        g.prim("ws")
+        parts = [f"{r} ws" if i == 0 else f'"," ws {r} ws' for i, r in enumerate(fixed_rules)]
+        if item:
+            following = g.helper(f"{name}-next", f'"," ws {item} ws')
+            if fixed_rules:
+                parts.append(g.repeat(following, more_lo, more_hi))
+            else:
+                tail_hi = None if more_hi is None else more_hi - 1
+                run = _seq(f"{item} ws", g.repeat(following, max(0, more_lo - 1), tail_hi))
+                parts.append(run if more_lo else f"( {run} )?")
+        return _seq('"[" ws', *parts, '"]"')
+
+
+def _ref_hint(ref: object) -> str:
+    return str(ref).rstrip("/").rsplit("/", 1)[-1] or "ref"
