@@ -270,6 +270,24 @@ def test_embeddings_batched_equal_one_at_a_time(loop, shared):
     assert not np.allclose(batched.embeddings[0], batched.embeddings[1], atol=1e-3)
 
 
+def test_tokenize_while_every_slot_generates(loop):
+    server = loop.run(start_server(num_ctx=512))  # one slot
+
+    async def scenario() -> list[int]:
+        counting = SamplingOptions(temperature=0, num_predict=5000)
+        stream = server.completion(CompletionRequest(prompt="1, 2, 3,", options=counting))
+        await anext(stream)  # the only slot is now busy, for a long while
+        try:
+            return await server.tokenize("hello")
+        finally:
+            await stream.aclose()
+
+    try:
+        assert loop.run(scenario(), timeout=30)
+    finally:
+        loop.run(server.close())
+
+
 def test_tokenize_round_trip(loop, shared):
     words = "Hello, wörld! ☃"
     tokens = loop.run(shared.tokenize(words))

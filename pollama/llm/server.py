@@ -314,19 +314,24 @@ class LlamaServer:
             return await self._request(lambda: self._client.embedding(inputs, truncate))
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        await self._ready()
+        await self._ready(need_slot=False)
         return await self._request(lambda: self._client.tokenize(text, add_special))
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
-        await self._ready()
+        await self._ready(need_slot=False)
         return await self._request(lambda: self._client.detokenize(tokens))
 
-    async def _ready(self) -> None:
-        """The runner is ready for a request; retry briefly while it has no free slot."""
+    async def _ready(self, *, need_slot: bool = True) -> None:
+        """The runner is ready for a request; retry briefly while it has no free slot.
+
+        Tokenizing needs no slot: it is served while every slot is generating.
+        """
         delay = 0.005
         for _ in range(NO_SLOT_RETRIES):
             health = await self._request(self._client.health)
-            if health.status is HealthStatus.READY:
+            if health.status is HealthStatus.READY or (
+                not need_slot and health.status is HealthStatus.NO_SLOTS
+            ):
                 return
             if health.status is HealthStatus.NO_SLOTS:
                 await asyncio.sleep(delay)
