@@ -6,6 +6,7 @@
     ├── InvalidModelName            a name Ollama's rules reject (or a traversal attempt)
     ├── InvalidDigest               a blob digest that is not sha256:<64 hex>
     ├── DigestMismatch              uploaded bytes whose sha256 is not the named digest
+    ├── CorruptManifest             a stored manifest (or its blobs) that cannot be read
     ├── InvalidModelfile            a Modelfile that does not parse (names the line)
     ├── InvalidTemplate             a chat template that fails to compile or render
     ├── QueueFull                   too many requests waiting (HTTP 503)
@@ -73,6 +74,18 @@ class DigestMismatch(PollamaError):
         super().__init__(f"digest mismatch: expected {expected}, got {actual}")
         self.expected = expected
         self.actual = actual
+
+
+class CorruptManifest(PollamaError):
+    """A manifest (or the blobs it names) that cannot be read as a model.
+
+    A server-side fault (HTTP 500): the store on disk is damaged, not the request.
+    """
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"corrupt model manifest {where}: {problem}")
+        self.where = where
+        self.problem = problem
 
 
 class InvalidModelfile(PollamaError):
