@@ -9,6 +9,7 @@
     ├── CorruptManifest             a stored manifest (or its blobs) that cannot be read
     ├── InvalidModelfile            a Modelfile that does not parse (names the line)
     ├── InvalidTemplate             a chat template that fails to compile or render
+    ├── InsertUnsupported           a ``suffix`` for a model whose template cannot insert
     ├── QueueFull                   too many requests waiting (HTTP 503)
     ├── InvalidDeviceSpec           a simulated-GPU spec that does not parse
     ├── InvalidFormat               a ``format`` that is neither "json" nor a JSON schema
@@ -94,6 +95,15 @@ class InvalidModelfile(PollamaError):
 
 class InvalidTemplate(PollamaError):
     """A chat template that cannot be compiled or rendered."""
+
+
+class InsertUnsupported(PollamaError):
+    """A ``suffix`` (fill-in-the-middle) for a model whose template has no ``.Suffix``;
+    the API answers 400, as Ollama does for a missing capability."""
+
+    def __init__(self, model: str = "") -> None:
+        super().__init__(f"{model or 'model'} does not support insert")
+        self.model = model
 
 
 class QueueFull(PollamaError):

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pollama.api.errors import status_of
 from pollama.api.streaming import first_and_rest, ndjson, sse
 from pollama.errors import (
+    InsertUnsupported,
     InvalidFormat,
     ModelNotFound,
     QueueFull,
@@ -96,6 +97,7 @@ def test_sse_framing_and_done():
         (ModelNotFound("m"), 404),
         (QueueFull(), 503),
         (InvalidFormat("invalid format"), 400),
+        (InsertUnsupported("smollm2"), 400),
         (UnsupportedSchema("not"), 400),
         (RunnerHTTPError("prompt too long", 400), 400),
         (RunnerHTTPError("boom", 500), 500),

@@ -11,6 +11,7 @@ import asyncio
 
 from pollama.errors import (
     DigestMismatch,
+    InsertUnsupported,
     InvalidDigest,
     InvalidFormat,
     InvalidModelFile,
@@ -26,6 +27,7 @@ from pollama.errors import (
 CLIENT_CLOSED_REQUEST = 499
 
 _BAD_REQUEST: tuple[type[Exception], ...] = (
+    InsertUnsupported,
     InvalidFormat,
     InvalidModelName,
     InvalidDigest,
