@@ -92,8 +92,10 @@ _DURATION_UNITS = {
 def parse_duration(text: str) -> float:
     """Parse a Go-style duration (``"5m"``, ``"1h30m"``, ``"-1m"``, ``"0"``) into seconds."""
     s = text.strip()
+    if not s:
+        raise ValueError("not a duration: empty")
     sign = 1.0
-    if s[:1] in "+-":
+    if s[0] in "+-":
         sign = -1.0 if s[0] == "-" else 1.0
         s = s[1:]
     if s == "0":

@@ -85,6 +85,9 @@ def test_units():
     assert parse_duration("250ms") == 0.25
     with pytest.raises(ValueError):
         parse_duration("300")  # a bare number is not a Go duration
+    for bad in ("", "  ", "-", "5x", "m"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(102_510_000) == "97.8 MiB"
     assert format_parameter_count(134_515_008) == "134.52M"
