@@ -2,6 +2,7 @@
 
     PollamaError                    anything pollama reports to a user as is
     ├── InvalidModelFile            a model file that is not a usable GGUF
+    ├── BadRequest                  a request body that is missing, not JSON, or malformed
     ├── ModelNotFound               a name or path that names no model
     ├── InvalidModelName            a name Ollama's rules reject (or a traversal attempt)
     ├── InvalidDigest               a blob digest that is not sha256:<64 hex>
@@ -42,6 +43,10 @@ class InvalidModelFile(PollamaError):
         super().__init__(f"invalid model file {path}: {problem}")
         self.path = path
         self.problem = problem
+
+
+class BadRequest(PollamaError):
+    """A request that cannot be served as sent (HTTP 400); the message says why."""
 
 
 class ModelNotFound(PollamaError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from pollama.errors import (
+    BadRequest,
     DigestMismatch,
     InsertUnsupported,
     InvalidDigest,
@@ -27,6 +28,7 @@ from pollama.errors import (
 CLIENT_CLOSED_REQUEST = 499
 
 _BAD_REQUEST: tuple[type[Exception], ...] = (
+    BadRequest,
     InsertUnsupported,
     InvalidFormat,
     InvalidModelName,

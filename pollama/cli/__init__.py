@@ -8,6 +8,7 @@ import typer
 
 from pollama.cli.fit import fit
 from pollama.cli.runner import runner
+from pollama.cli.serve import serve
 from pollama.settings import Settings
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app.command(
     help="Show where a model's layers would go on these (or simulated) GPUs, and the memory "
     "each device needs, without loading it."
 )(fit)
+app.command(help="Start the Ollama-compatible server on OLLAMA_HOST.")(serve)
 app.command(help="Serve one model to a pollama server (started by the server).", hidden=True)(
     runner
 )

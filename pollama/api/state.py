@@ -1,0 +1,53 @@
+"""What every route needs: the settings, the model store and the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from functools import lru_cache
+
+from pollama.demo import DEMO_MODEL_NAME
+from pollama.errors import ModelNotFound
+from pollama.ggufmeta import GGUFModel, read_model
+from pollama.server.models import ResolvedModel, model_details
+from pollama.server.names import ModelName
+from pollama.server.runners import ModelSpec
+from pollama.server.scheduler import Scheduler
+from pollama.server.store import Store, ensure_demo
+from pollama.settings import Settings
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    store: Store
+    scheduler: Scheduler
+
+    async def model(self, name: str) -> tuple[ModelSpec, ResolvedModel]:
+        """The stored model a request names, as the scheduler and prompt code need it.
+
+        The bundled demo model is imported into the store the first time it is named.
+        """
+        if not name:
+            raise ModelNotFound("")
+        parsed = ModelName.parse(name)
+        if parsed.model.lower() == DEMO_MODEL_NAME and parsed.tag == "latest":
+            await asyncio.to_thread(ensure_demo, self.store)
+        resolved = await asyncio.to_thread(self.store.resolve, name)
+        gguf = _header(str(resolved.model_path))
+        spec = ModelSpec(
+            name=resolved.name.display,
+            model=gguf,
+            digest=resolved.digest,
+            parameters=dict(resolved.parameters),
+            adapters=tuple(str(p) for p in resolved.adapter_paths),
+            projector=str(resolved.projector_paths[0]) if resolved.projector_paths else "",
+            details=model_details(resolved.config),
+        )
+        return spec, resolved
+
+
+@lru_cache(maxsize=64)
+def _header(path: str) -> GGUFModel:
+    # Blobs are content-addressed: a path always holds the same bytes.
+    return read_model(path)
