@@ -17,6 +17,7 @@ from pollama.api.types import (
     VersionResponse,
     rfc3339,
 )
+from pollama.server.models import model_details
 
 router = APIRouter()
 # What Ollama reports for a model kept loaded forever.
@@ -44,7 +45,7 @@ async def tags(request: Request) -> ListResponse:
             modified_at=rfc3339(entry.modified_at),
             size=entry.size,
             digest=entry.digest,
-            details=ModelDetails.model_validate(_details(entry.config)),
+            details=ModelDetails.model_validate(model_details(entry.config)),
         )
         for entry in store.list_models()
     ]
@@ -69,9 +70,3 @@ async def ps(request: Request) -> ProcessResponse:
             for row in scheduler.running()
         ]
     )
-
-
-def _details(config: object) -> dict[str, object]:
-    from pollama.server.models import model_details
-
-    return model_details(config if isinstance(config, dict) else {})

@@ -37,7 +37,7 @@ from pollama.server.prompt import (
     render_chat,
     truncate_chat,
 )
-from pollama.server.runners import Lease
+from pollama.server.runners import Lease, ModelSpec
 from pollama.server.template import special_tokens, template_for
 
 router = APIRouter()
@@ -56,7 +56,7 @@ async def generate(request: Request) -> Response:
     options = validate_options(body.options or {})
     started = time.perf_counter_ns()
     if not body.prompt and not body.suffix and not body.images:
-        reason = await _load_or_unload(state, spec.name, spec, options, keep_alive)
+        reason = await _load_or_unload(state, spec, options, keep_alive)
         return JSONResponse(
             _json(GenerateResponse(model=body.model, done=True, done_reason=reason))
         )
@@ -117,7 +117,7 @@ async def chat(request: Request) -> Response:
     options = validate_options(body.options or {})
     started = time.perf_counter_ns()
     if not body.messages:
-        reason = await _load_or_unload(state, spec.name, spec, options, keep_alive)
+        reason = await _load_or_unload(state, spec, options, keep_alive)
         done = ChatResponse(model=body.model, done=True, done_reason=reason)
         return JSONResponse(_json(done))
 
@@ -194,11 +194,11 @@ def _keep_alive(value: object) -> float | None:
 
 
 async def _load_or_unload(
-    state: ServerState, name: str, spec: Any, options: dict[str, Any], keep_alive: float | None
+    state: ServerState, spec: ModelSpec, options: dict[str, Any], keep_alive: float | None
 ) -> str:
     """An empty prompt loads the model; with keep_alive 0 it unloads it instead."""
     if keep_alive == 0:
-        await state.scheduler.unload(name)
+        await state.scheduler.unload(spec.name)
         return "unload"
     lease = await state.scheduler.acquire(spec, options, keep_alive)
     await lease.release()
