@@ -2,91 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import psutil
 import pytest
+from serving import GREEDY, Server
 
 pytestmark = pytest.mark.llama
-
-GREEDY = {"temperature": 0, "num_predict": 24}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, tmp: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environ = {
-            **os.environ,
-            "OLLAMA_HOST": f"127.0.0.1:{self.port}",
-            "OLLAMA_MODELS": str(tmp / "models"),
-            **env,
-        }
-        environ.pop("POLLAMA_GPUS", None)
-        self.log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pollama", "serve"],
-            env=environ,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.client = httpx.Client(base_url=self.url, timeout=120)
-        self._wait_until_up()
-
-    def _wait_until_up(self) -> None:
-        # Poll the observable readiness signal: the root answers once uvicorn listens.
-        for _ in range(600):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited: {Path(self.log.name).read_text()}")
-            try:
-                if self.client.get("/").text == "Ollama is running":
-                    return
-            except httpx.TransportError:
-                # Not listening yet: wait a moment on the process itself (it may exit).
-                try:
-                    self.process.wait(timeout=0.05)
-                except subprocess.TimeoutExpired:
-                    pass
-        raise RuntimeError("serve did not come up")
-
-    def post(self, path: str, body: Any) -> httpx.Response:
-        return self.client.post(path, json=body)
-
-    def stream(self, path: str, body: Any) -> list[dict[str, Any]]:
-        lines = []
-        with self.client.stream("POST", path, json=body) as response:
-            assert response.status_code == 200, response.read()
-            assert response.headers["content-type"] == "application/x-ndjson"
-            for line in response.iter_lines():
-                assert line, "no empty NDJSON lines"
-                lines.append(json.loads(line))
-        return lines
-
-    def runner_pids(self) -> list[int]:
-        children = psutil.Process(self.process.pid).children(recursive=True)
-        return [c.pid for c in children if "runner" in " ".join(c.cmdline())]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
-        self.client.close()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
