@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
-from pollama.api import catalog, generate
+from pollama.api import catalog, embed, generate
 from pollama.api.errors import message_of, status_of
+from pollama.api.security import DEFAULT_ORIGINS, HostCheck, origin_regex
 from pollama.api.state import ServerState
 from pollama.errors import PollamaError
 
@@ -30,6 +33,15 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.pollama = state
     app.include_router(catalog.router)
     app.include_router(generate.router)
+    app.include_router(embed.router)
+    # Added last = outermost: the Host check runs before anything else.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origin_regex=origin_regex((*DEFAULT_ORIGINS, *state.settings.origins)),
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        allow_headers=["*"],
+    )
+    app.add_middleware(HostCheck, bound=state.settings.host)
 
     async def _error(_: Request, exc: Exception) -> JSONResponse:
         status = status_of(exc)
@@ -41,5 +53,12 @@ def create_app(state: ServerState) -> FastAPI:
     # Exception would sit in Starlette's server-error middleware, which re-raises.
     for kind in (PollamaError, ValueError):
         app.add_exception_handler(kind, _error)  # type: ignore[arg-type]
+
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # Unknown routes and wrong methods answer in the API's error shape too.
+        message = "404 page not found" if exc.status_code == 404 else str(exc.detail).lower()
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
 
     return app

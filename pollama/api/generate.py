@@ -22,6 +22,7 @@ from pollama.api.types import (
 )
 from pollama.errors import BadRequest
 from pollama.ggufmeta import GGUFModel
+from pollama.llm.grammar import grammar_from_format
 from pollama.runner.protocol import (
     CompletionChunk,
     CompletionDone,
@@ -48,15 +49,16 @@ B = TypeVar("B", bound=BaseModel)
 @router.post("/api/generate")
 async def generate(request: Request) -> Response:
     body = await parse_body(request, GenerateRequest)
+    check_format(body.format)
     if body.raw and (body.template or body.system or body.context):
         raise BadRequest("raw mode does not support template, system, or context")
     state: ServerState = request.app.state.pollama
     spec, resolved = await state.model(body.model)
-    keep_alive = _keep_alive(body.keep_alive)
+    keep_alive = keep_alive_of(body.keep_alive)
     options = validate_options(body.options or {})
     started = time.perf_counter_ns()
     if not body.prompt and not body.suffix and not body.images:
-        reason = await _load_or_unload(state, spec, options, keep_alive)
+        reason = await load_or_unload(state, spec, options, keep_alive)
         return JSONResponse(
             _json(GenerateResponse(model=body.model, done=True, done_reason=reason))
         )
@@ -111,13 +113,14 @@ async def generate(request: Request) -> Response:
 @router.post("/api/chat")
 async def chat(request: Request) -> Response:
     body = await parse_body(request, ChatRequest)
+    check_format(body.format)
     state: ServerState = request.app.state.pollama
     spec, resolved = await state.model(body.model)
-    keep_alive = _keep_alive(body.keep_alive)
+    keep_alive = keep_alive_of(body.keep_alive)
     options = validate_options(body.options or {})
     started = time.perf_counter_ns()
     if not body.messages:
-        reason = await _load_or_unload(state, spec, options, keep_alive)
+        reason = await load_or_unload(state, spec, options, keep_alive)
         done = ChatResponse(model=body.model, done=True, done_reason=reason)
         return JSONResponse(_json(done))
 
@@ -186,14 +189,20 @@ async def parse_body(request: Request, kind: type[B]) -> B:
         raise BadRequest(f"{where}: {first['msg']}" if where else first["msg"]) from None
 
 
-def _keep_alive(value: object) -> float | None:
+def check_format(fmt: object) -> None:
+    """Reject a bad ``format`` before anything loads (InvalidFormat/UnsupportedSchema → 400)."""
+    if fmt is not None and fmt != "":
+        grammar_from_format(fmt)
+
+
+def keep_alive_of(value: object) -> float | None:
     try:
         return parse_keep_alive(value)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
 
 
-async def _load_or_unload(
+async def load_or_unload(
     state: ServerState, spec: ModelSpec, options: dict[str, Any], keep_alive: float | None
 ) -> str:
     """An empty prompt loads the model; with keep_alive 0 it unloads it instead."""
