@@ -95,14 +95,16 @@ async def measure(streams: int, tokens: int, runs: int, threads: int) -> Result:
     return result
 
 
-def report(results: list[Result], tokens: int, runs: int, threads: int) -> str:
+def report(
+    results: list[Result], tokens: int, runs: int, threads: int, peer: str = "LlamaServer"
+) -> str:
     cpu = platform.processor() or platform.machine()
     lines = [
         f"Machine: {cpu}, {psutil.cpu_count(logical=False)} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {threads} threads; "
         f"SmolLM2-135M Q4_1, num_ctx {NUM_CTX}, {tokens} tokens, median of {runs} runs.",
         "",
-        "| streams | raw llama-cpp-python (tok/s) | LlamaServer (tok/s) | ratio |",
+        f"| streams | raw llama-cpp-python (tok/s) | {peer} (tok/s) | ratio |",
         "|---:|---:|---:|---:|",
     ]
     for r in results:
