@@ -13,6 +13,7 @@
     ├── InsertUnsupported           a ``suffix`` for a model whose template cannot insert
     ├── QueueFull                   too many requests waiting (HTTP 503)
     ├── InvalidDeviceSpec           a simulated-GPU spec that does not parse
+    ├── RegistryError               a registry that cannot be reached or refuses a pull/push
     ├── InvalidFormat               a ``format`` that is neither "json" nor a JSON schema
     │   └── UnsupportedSchema       a schema using a keyword no grammar can enforce
     ├── RunnerError                 the runner failed this request (it may still be alive)
@@ -120,6 +121,12 @@ class QueueFull(PollamaError):
 
 class InvalidDeviceSpec(PollamaError):
     """A simulated device description that cannot be parsed."""
+
+
+class RegistryError(PollamaError):
+    """A pull or push that failed at the registry: unreachable, timed out, refused, or
+    answered with something unusable (HTTP 500). The message says which step failed, as
+    ``pull model manifest: cannot reach registry.ollama.ai: ...``."""
 
 
 class InvalidFormat(PollamaError):

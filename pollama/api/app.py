@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from pollama.api import catalog, embed, generate
+from pollama.api import catalog, embed, generate, models
 from pollama.api.errors import message_of, status_of
 from pollama.api.security import DEFAULT_ORIGINS, HostCheck, origin_regex
 from pollama.api.state import ServerState
@@ -33,6 +33,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.pollama = state
     app.include_router(catalog.router)
     app.include_router(generate.router)
+    app.include_router(models.router)
     app.include_router(embed.router)
     # Added last = outermost: the Host check runs before anything else.
     app.add_middleware(
@@ -46,7 +47,10 @@ def create_app(state: ServerState) -> FastAPI:
     async def _error(_: Request, exc: Exception) -> JSONResponse:
         status = status_of(exc)
         if status >= 500:
-            log.warning("request failed: %s", exc, exc_info=not isinstance(exc, ValueError))
+            # Our own errors say what went wrong; only the unexpected need a traceback.
+            log.warning(
+                "request failed: %s", exc, exc_info=not isinstance(exc, PollamaError | ValueError)
+            )
         return JSONResponse({"error": message_of(exc)}, status_code=status)
 
     # Our errors go through the ordinary exception middleware; a handler for plain

@@ -9,6 +9,7 @@ event's JSON for SSE — because the status line has already gone out.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel
 
 from pollama.api.errors import message_of
 
+log = logging.getLogger(__name__)
 Record = BaseModel | dict[str, Any]
 
 
@@ -47,6 +49,7 @@ async def ndjson(first: Record | None, rest: AsyncIterator[Record]) -> AsyncIter
         async for record in rest:
             yield (encode(record) + "\n").encode()
     except Exception as exc:  # after the first byte, the status can no longer change
+        log.warning("stream failed after it began: %s", exc)
         yield (json.dumps({"error": message_of(exc)}) + "\n").encode()
 
 
@@ -67,6 +70,7 @@ async def sse(
         async for record in rest:
             yield f"data: {encode(record)}\n\n".encode()
     except Exception as exc:
+        log.warning("stream failed after it began: %s", exc)
         yield f"data: {encode(error(exc))}\n\n".encode()
     if done:
         yield b"data: [DONE]\n\n"

@@ -284,6 +284,10 @@ class PullRequest(_Request):
     _legacy = model_validator(mode="before")(_legacy_name)
 
 
+class PushRequest(PullRequest):
+    """Ollama's PushRequest has the same fields as its PullRequest."""
+
+
 class ProgressResponse(_Response):
     status: str
     digest: str | None = None

