@@ -62,7 +62,6 @@ POLL_INTERVAL = 0.1
 EXIT_GRACE = 3.0
 """After a broken connection, how long to wait for the process to be reaped
 before concluding it is alive (a dying process closes its sockets first)."""
-NO_SLOT_RETRIES = 10
 REPEAT_LIMIT = 30
 """A generation repeating one piece more than this many times in a row is ended."""
 
@@ -314,33 +313,27 @@ class LlamaServer:
             return await self._request(lambda: self._client.embedding(inputs, truncate))
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        await self._ready(need_slot=False)
+        await self._ready()
         return await self._request(lambda: self._client.tokenize(text, add_special))
 
     async def detokenize(self, tokens: Sequence[int]) -> str:
-        await self._ready(need_slot=False)
+        await self._ready()
         return await self._request(lambda: self._client.detokenize(tokens))
 
-    async def _ready(self, *, need_slot: bool = True) -> None:
-        """The runner is ready for a request; retry briefly while it has no free slot.
+    async def _ready(self) -> None:
+        """The runner is loaded and healthy, so a request may be sent.
 
-        Tokenizing needs no slot: it is served while every slot is generating.
+        "No free slot" counts as ready: our semaphore admits at most ``parallel``
+        requests, so a busy slot is one a finished or abandoned request has not yet
+        handed back, and the engine queues the new request until it does. (Failing
+        instead turned a client's early disconnect into a 500 for the next request.)
         """
-        delay = 0.005
-        for _ in range(NO_SLOT_RETRIES):
-            health = await self._request(self._client.health)
-            if health.status is HealthStatus.READY or (
-                not need_slot and health.status is HealthStatus.NO_SLOTS
-            ):
-                return
-            if health.status is HealthStatus.NO_SLOTS:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
-                continue
-            if health.status is HealthStatus.ERROR:
-                raise RunnerError(health.error or "runner reported an error")
-            raise RunnerError(f"model is not ready (runner status: {health.status.value})")
-        raise RunnerError(f"runner has no free slot after {NO_SLOT_RETRIES} retries")
+        health = await self._request(self._client.health)
+        if health.status in (HealthStatus.READY, HealthStatus.NO_SLOTS):
+            return
+        if health.status is HealthStatus.ERROR:
+            raise RunnerError(health.error or "runner reported an error")
+        raise RunnerError(f"model is not ready (runner status: {health.status.value})")
 
     async def _request(self, call: Callable[[], Awaitable[T]]) -> T:
         """One request to the runner, with a broken connection turned into RunnerDied
