@@ -18,6 +18,9 @@ def serve() -> None:
     from pollama.server.store import Store
 
     settings = Settings.from_env()
+    if not settings.debug:
+        # The server's log is where users look for loads, layouts and unloads.
+        logging.getLogger("pollama").setLevel(logging.INFO)
     store = Store(settings.models_dir)
     if not settings.noprune:
         removed = store.prune()

@@ -1,0 +1,28 @@
+"""What the client commands share: one way to report errors and interrupts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+from pollama.cli.client import ClientError
+from pollama.errors import PollamaError
+
+INTERRUPTED = 130
+"""The exit status of a command stopped with Ctrl-C (128 + SIGINT), as shells report it."""
+
+
+@contextmanager
+def reporting() -> Iterator[None]:
+    """Show a ClientError or PollamaError as ``Error: <message>`` and exit 1; exit 130 on
+    Ctrl-C."""
+    try:
+        yield
+    except (ClientError, PollamaError) as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("", err=True)
+        raise typer.Exit(INTERRUPTED) from None
