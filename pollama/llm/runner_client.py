@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from pollama.errors import RunnerHTTPError
+from pollama.llm.ndjson_stream import post_lines
 from pollama.runner.protocol import (
     CompletionRequest,
     EmbeddingRequest,
@@ -45,6 +46,8 @@ class RunnerClient:
     ) -> None:
         self.port = port
         self._load_timeout = load_timeout
+        # The token stream takes the lean path unless a test substitutes the transport.
+        self._lean_stream = transport is None
         # No read timeout by default: a generation may pause as long as the model
         # needs; liveness is the reaper's job, not a timer's.
         self._http = httpx.AsyncClient(
@@ -74,6 +77,15 @@ class RunnerClient:
     async def completion(self, request: CompletionRequest) -> AsyncIterator[AsyncIterator[str]]:
         """The NDJSON lines of a completion, as they arrive. Leaving the context closes
         the connection, which is how the runner learns that the client went away."""
+        if self._lean_stream:
+            body = json.dumps(request.to_json()).encode()
+            async with post_lines(
+                "127.0.0.1", self.port, "/completion", body, connect_timeout=CONNECT_TIMEOUT
+            ) as (status, lines):
+                if status >= 400:
+                    raise _http_error(status, "".join([line async for line in lines]))
+                yield lines
+            return
         async with self._http.stream("POST", "/completion", json=request.to_json()) as response:
             if response.status_code >= 400:
                 await response.aread()
@@ -113,15 +125,17 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 
 
 def _raise_for_status(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
+    if response.status_code >= 400:
+        raise _http_error(response.status_code, response.text)
+
+
+def _http_error(status: int, text: str) -> RunnerHTTPError:
+    """The runner's ``{"error": ...}`` answer (or its text) as an exception."""
     message = ""
     try:
-        body = response.json()
+        body = json.loads(text)
         if isinstance(body, dict):
             message = str(body.get("error", "") or "")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        message = response.text.strip()[:500]
-    raise RunnerHTTPError(
-        message or f"runner answered HTTP {response.status_code}", response.status_code
-    )
+    except json.JSONDecodeError:
+        message = text.strip()[:500]
+    return RunnerHTTPError(message or f"runner answered HTTP {status}", status)
