@@ -8,7 +8,9 @@ Durations are integer nanoseconds; times are RFC 3339 with nanoseconds, UTC.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -16,8 +18,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 def rfc3339(moment: datetime | None = None) -> str:
     """``2026-11-25T10:20:30.123456789Z``-style timestamps, as Ollama sends them."""
-    moment = (moment or datetime.now(UTC)).astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+    if moment is None:
+        return _now()
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+
+
+def _now() -> str:
+    # Every streamed token carries one: whole seconds are formatted once, not per token.
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return f"{_second(seconds)}.{nanos:09d}Z"
+
+
+@lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 class _Request(BaseModel):
