@@ -131,6 +131,7 @@ class _Loaded:
     config: LoadConfig
     memory: BackendMemory
     embed_ctx: Any = None
+    threadpool: llama.Threadpool | None = None
 
 
 class Engine:
@@ -275,6 +276,11 @@ class Engine:
         memory = measured_memory(placed, buffers, graph_only=False)
         vocab = llama.Vocab(model)
         self._loaded = _Loaded(model, ctx, vocab, llama.Batch(config.batch_size), config, memory)
+        # Without it llama.cpp's workers spin between steps, holding the cores the
+        # server needs to stream each token (docs/benchmarks.md has the figures).
+        self._loaded.threadpool = llama.Threadpool.create(config.num_threads)
+        if self._loaded.threadpool is not None:
+            self._loaded.threadpool.attach(ctx)
         self._slots = [Slot(i) for i in range(config.parallel)]
 
     def _open(
@@ -349,6 +355,8 @@ class Engine:
             loaded.batch.free()
             if loaded.embed_ctx:
                 L.llama_free(loaded.embed_ctx)
+            if loaded.threadpool is not None:
+                loaded.threadpool.free(loaded.ctx)
             L.llama_free(loaded.ctx)
             L.llama_model_free(loaded.model)
         self._status, self._progress = HealthStatus.LAUNCHED, 0.0

@@ -7,12 +7,15 @@ here runs on the engine thread.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import llama_cpp as L
+from llama_cpp import llama_cpp as _bindings
 
 from pollama.runner.buffers import BufferSizes
 from pollama.runner.protocol import SamplingOptions
@@ -246,3 +249,80 @@ def sampler_chain(
     seed = opts.seed & 0xFFFFFFFF if opts.seed >= 0 else L.LLAMA_DEFAULT_SEED
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed))
     return chain
+
+
+# -- a threadpool that does not spin between decode steps ---------------------------------
+
+_MAX_THREADS = 512  # GGML_MAX_N_THREADS: the size of ggml_threadpool_params.cpumask
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    _fields_ = [
+        ("cpumask", ctypes.c_bool * _MAX_THREADS),
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+@functools.cache
+def _ggml_libs() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
+    lib_dir = Path(L.__file__).parent / "lib"
+    try:
+        base = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
+        cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"))
+    except OSError:
+        return None
+    base.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
+    base.ggml_threadpool_params_default.restype = _ThreadpoolParams
+    cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
+    cpu.ggml_threadpool_new.restype = ctypes.c_void_p
+    cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+    cpu.ggml_threadpool_free.restype = None
+    _bindings._lib.llama_attach_threadpool.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
+    _bindings._lib.llama_attach_threadpool.restype = None
+    _bindings._lib.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
+    _bindings._lib.llama_detach_threadpool.restype = None
+    return base, cpu
+
+
+class Threadpool:
+    """llama.cpp's compute threads with polling off: idle workers sleep at once.
+
+    By default a worker spins for a while after each graph, waiting for the next.
+    While the engine thread samples and streams between decode steps, that spinning
+    holds a core that the server and client processes need to pass the token on.
+    """
+
+    def __init__(self, handle: int, cpu: ctypes.CDLL) -> None:
+        self._handle: int | None = handle
+        self._cpu = cpu
+
+    @classmethod
+    def create(cls, threads: int) -> Threadpool | None:
+        libs = _ggml_libs()
+        if libs is None or threads < 1:
+            return None
+        base, cpu = libs
+        params = base.ggml_threadpool_params_default(threads)
+        params.poll = 0
+        handle = cpu.ggml_threadpool_new(ctypes.byref(params))
+        return cls(handle, cpu) if handle else None
+
+    def attach(self, ctx: Any) -> None:
+        _bindings._lib.llama_attach_threadpool(ctx, self._handle, self._handle)
+
+    def free(self, ctx: Any) -> None:
+        """Detach from ``ctx`` (if it is still alive) and free the threads."""
+        if self._handle is None:
+            return
+        if ctx:
+            _bindings._lib.llama_detach_threadpool(ctx)
+        self._cpu.ggml_threadpool_free(self._handle)
+        self._handle = None
