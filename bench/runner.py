@@ -45,7 +45,9 @@ class Result:
 
     @property
     def ratio(self) -> float:
-        return statistics.median(self.server) / statistics.median(self.raw)
+        """The median of per-run ratios: each run pairs the two sides back to back, so
+        a shift in background load between runs cancels out of its ratio."""
+        return statistics.median(s / r for s, r in zip(self.server, self.raw, strict=True))
 
 
 async def server_rate(server: LlamaServer, streams: int, tokens: int, seed: int) -> float:
