@@ -52,7 +52,7 @@ class RawEngine:
         L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
         prompt_tokens = self.vocab.tokenize(prompt)
         chains = [
-            llama.sampler_chain(self.vocab, options, "", prompt_tokens, self.num_ctx)
+            llama.sampler_chain(self.vocab, options, prompt_tokens, self.num_ctx)
             for _ in range(self.n_seq)
         ]
         batch = self.batch

@@ -23,6 +23,7 @@ from pollama.discover import system_info
 from pollama.errors import LoadError, RunnerDied, RunnerError, RunnerHTTPError
 from pollama.ggufmeta import read_model
 from pollama.llm.estimate import estimate_memory
+from pollama.llm.grammar import grammar_from_format
 from pollama.llm.layout import Layout, LayoutPolicy
 from pollama.llm.options import LoadOptions, resolve_load_options
 from pollama.llm.server import LlamaServer
@@ -118,17 +119,25 @@ async def stats(server: LlamaServer) -> dict[str, Any]:
 # -- output --------------------------------------------------------------------------
 
 
-def raw_greedy(prompt: str, n: int) -> str:
-    """The same model decoded greedily by llama-cpp-python directly, in this process."""
+def raw_greedy(prompt: str, n: int, grammar: str = "") -> str:
+    """The same model decoded greedily by llama-cpp-python directly, in this process;
+    with a ``grammar``, llama.cpp's own way: the grammar filters every candidate first."""
+    import llama_cpp as L
+
     from bench.raw import RawEngine
     from pollama.runner import llama
 
     raw = RawEngine.open(demo_model_path(), num_ctx=1024, n_seq=1, threads=2)
     try:
         tokens = raw.vocab.tokenize(prompt)
-        chain = llama.sampler_chain(raw.vocab, GREEDY, "", tokens, 1024)
+        if grammar:
+            chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+            constraint = L.llama_sampler_init_grammar(raw.vocab.handle, grammar.encode(), b"root")
+            L.llama_sampler_chain_add(chain, constraint)
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        else:
+            chain = llama.sampler_chain(raw.vocab, GREEDY, tokens, 1024)
         out: list[int] = []
-        import llama_cpp as L
 
         raw.batch.clear()
         for pos, token in enumerate(tokens):
@@ -217,6 +226,51 @@ def test_json_schema_is_honoured(loop, shared):
         assert set(value) == {"name", "colour", "legs"}
         assert value["colour"] in ("red", "green", "blue")
         assert isinstance(value["legs"], int) and isinstance(value["name"], str)
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "colour": {"enum": ["red", "green", "blue"]},
+    },
+    "required": ["name", "colour"],
+}
+
+
+def test_grammar_checking_the_drawn_token_equals_filtering_every_candidate(loop, shared):
+    """The runner lets the grammar check only the token drawn, filtering the whole
+    vocabulary only when it refuses: under greedy sampling that must give exactly what
+    llama.cpp's grammar-first chain gives."""
+    prompt = CHAT.format("Describe an animal as JSON.")
+    grammar = grammar_from_format(SCHEMA)
+    chunks, done = loop.run(
+        complete(shared, prompt, SamplingOptions(temperature=0, num_predict=60), format=SCHEMA)
+    )
+    assert done.done_reason == "stop"
+    assert text(chunks) == raw_greedy(prompt, 60, grammar)
+    assert json.loads(text(chunks))["colour"] in ("red", "green", "blue")
+
+
+def test_thinking_budget_closes_the_block_then_the_grammar_holds(loop, shared):
+    """Inside a thinking block the model writes freely; when its budget runs out the
+    runner writes the closing tag itself, and from there the grammar constrains."""
+    prompt = CHAT.format("Describe an animal as JSON.") + "<think>\n"
+    chunks, done = loop.run(
+        complete(
+            shared,
+            prompt,
+            SamplingOptions(temperature=0, num_predict=80),
+            grammar=grammar_from_format(SCHEMA),
+            think_end="</think>",
+            think_budget=6,
+        )
+    )
+    thinking, closed, answer = text(chunks).partition("</think>")
+    assert closed and thinking.strip() and "{" not in thinking
+    value = json.loads(answer)
+    assert set(value) == {"name", "colour"} and value["colour"] in ("red", "green", "blue")
+    assert done.done_reason == "stop"
 
 
 # -- batching and caching ------------------------------------------------------------

@@ -103,7 +103,13 @@ class Slot:
     """Tokens whose KV is in the cache for this sequence, in position order."""
     last_used: int = 0
     request: Request | None = None
-    sampler: Any = None
+    sampler: llama.SlotSampler | None = None
+    think_end: bytes = b""
+    """While set, the reply is inside a thinking block that these bytes close; a
+    grammar waits for them."""
+    think_left: int = -1
+    """Thinking tokens left before the runner closes the block itself (-1: no limit)."""
+    think_tail: bytes = b""
     pending: list[int] = field(default_factory=list)
     """Prompt tokens still to evaluate."""
     next_token: int | None = None
@@ -111,6 +117,7 @@ class Slot:
     text: StreamedText | None = None
     num_predict: int = -1
     prompt_tokens: int = 0
+    prompt_cached: int = 0
     generated: int = 0
     prompt_ns: int = 0
     eval_ns: int = 0
@@ -349,7 +356,7 @@ class Engine:
         loaded, self._loaded = self._loaded, None
         for slot in self._slots:
             if slot.sampler:
-                L.llama_sampler_free(slot.sampler)
+                slot.sampler.free()
         self._slots = []
         if loaded is not None:
             loaded.batch.free()
@@ -432,8 +439,12 @@ class Engine:
         del slot.cache[reuse:]
 
         if slot.sampler:
-            L.llama_sampler_free(slot.sampler)
-        slot.sampler = self._sampler(loaded, opts, body.grammar, tokens)
+            slot.sampler.free()
+        slot.sampler = None  # a failing _sampler must not leave a freed one behind
+        slot.sampler = self._sampler(loaded, opts, body, tokens)
+        slot.think_end = body.think_end.encode("utf-8")
+        slot.think_left = body.think_budget if body.think_end else -1
+        slot.think_tail = b""
         slot.request = request
         slot.pending = tokens[reuse:]
         slot.next_token = None
@@ -441,6 +452,7 @@ class Engine:
         limit = 10 * n_ctx
         slot.num_predict = limit if opts.num_predict < 0 else min(opts.num_predict, limit)
         slot.prompt_tokens = len(slot.pending)
+        slot.prompt_cached = reuse
         slot.generated = slot.prompt_ns = slot.eval_ns = 0
         slot.logprobs = []
         slot.last_used = self._step_count
@@ -448,11 +460,18 @@ class Engine:
             self._finish(slot, "length")
 
     def _sampler(
-        self, loaded: _Loaded, opts: SamplingOptions, grammar: str, prompt: list[int]
-    ) -> Any:
+        self, loaded: _Loaded, opts: SamplingOptions, body: CompletionRequest, prompt: list[int]
+    ) -> llama.SlotSampler:
         self._log.begin()
         try:
-            return llama.sampler_chain(loaded.vocab, opts, grammar, prompt, loaded.config.num_ctx)
+            return llama.SlotSampler(
+                loaded.vocab,
+                opts,
+                prompt,
+                loaded.config.num_ctx,
+                grammar=body.grammar,
+                armed=not body.think_end,
+            )
         except ValueError:
             raise EngineError(self._why("invalid grammar"), status=400) from None
 
@@ -538,7 +557,8 @@ class Engine:
     def _sample(self, loaded: _Loaded, slot: Slot) -> None:
         request = slot.request
         assert request is not None and slot.text is not None
-        token = int(L.llama_sampler_sample(slot.sampler, loaded.ctx, slot.batch_index))
+        assert slot.sampler is not None
+        token = slot.sampler.sample(loaded.ctx, slot.batch_index)
         body = request.body
         logprob = (
             self._logprob(loaded, slot.batch_index, token, body.top_logprobs)
@@ -549,7 +569,11 @@ class Engine:
             self._finish(slot, "stop")
             return
         slot.generated += 1
-        out = slot.text.feed(loaded.vocab.piece(token))
+        piece = loaded.vocab.piece(token)
+        replay: list[int] = []
+        if slot.think_end:
+            piece, replay = self._watch_thinking(loaded, slot, token, piece)
+        out = slot.text.feed(piece)
         if logprob is not None:
             slot.logprobs.append(logprob)
         if out.text:
@@ -562,7 +586,47 @@ class Engine:
         if slot.generated >= slot.num_predict:
             self._finish(slot, "length")
             return
-        slot.next_token = token
+        if replay:
+            slot.pending = replay  # evaluated like prompt tokens; the last one samples
+        else:
+            slot.next_token = token
+
+    @staticmethod
+    def _watch_thinking(
+        loaded: _Loaded, slot: Slot, token: int, piece: bytes
+    ) -> tuple[bytes, list[int]]:
+        """Follow a reply through its thinking block; at its end, arm a waiting grammar.
+
+        Returns the bytes to emit for this token and, when the block's end is not simply
+        this token, the tokens to decode instead of it:
+
+        - the token ran on past the end into text the grammar never saw: decode exactly
+          the text up to the end, so the constrained answer starts right after it;
+        - the thinking budget ran out: decode the token and then the closing text, which
+          is emitted too, as if the model had written it.
+        """
+        assert slot.sampler is not None
+        end = slot.think_end
+        tail = slot.think_tail + piece
+        at = tail.find(end)
+        if at < 0:
+            if slot.think_left > 0:
+                slot.think_left -= 1
+            if slot.think_left != 0:
+                slot.think_tail = tail[-(len(end) - 1) :] if len(end) > 1 else b""
+                return piece, []
+            closing = b"\n" + end + b"\n\n"
+            slot.think_end = slot.think_tail = b""
+            slot.sampler.arm()
+            text = closing.decode("utf-8", errors="ignore")
+            return piece + closing, [token, *loaded.vocab.tokenize(text, add_special=False)]
+        slot.think_end = slot.think_tail = b""
+        slot.sampler.arm()
+        beyond = tail[at + len(end) :]
+        if not beyond.strip():
+            return piece, []
+        kept = piece[: len(piece) - len(beyond)]
+        return kept, loaded.vocab.tokenize(kept.decode("utf-8", errors="ignore"), add_special=False)
 
     def _logprob(self, loaded: _Loaded, index: int, token: int, top: int) -> Logprob:
         logits = np.ctypeslib.as_array(
@@ -593,6 +657,7 @@ class Engine:
             CompletionDone(
                 done_reason=reason,
                 prompt_eval_count=slot.prompt_tokens,
+                prompt_cached=slot.prompt_cached,
                 prompt_eval_duration=slot.prompt_ns,
                 eval_count=slot.generated,
                 eval_duration=slot.eval_ns,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as L
+import numpy as np
 from llama_cpp import llama_cpp as _bindings
 
 from pollama.runner.buffers import BufferSizes
@@ -202,14 +203,13 @@ class Vocab:
         return bool(L.llama_vocab_is_eog(self._vocab, token))
 
 
-def sampler_chain(
-    vocab: Vocab, opts: SamplingOptions, grammar: str, prompt: Sequence[int], num_ctx: int
-) -> Any:
-    """llama.cpp's native sampler chain for Ollama's options (ValueError on a bad grammar).
+def sampler_chain(vocab: Vocab, opts: SamplingOptions, prompt: Sequence[int], num_ctx: int) -> Any:
+    """llama.cpp's native sampler chain for Ollama's options, without a grammar.
 
-    Order as Ollama and llama-server use it: penalties, grammar, top-k,
-    typical-p, top-p, min-p, temperature, then a seeded draw — or greedy at
-    temperature 0. Samplers that would do nothing at their values are left out.
+    Order as Ollama and llama-server use it: penalties, top-k, typical-p, top-p,
+    min-p, temperature, then a seeded draw — or greedy at temperature 0. Samplers
+    that would do nothing at their values are left out. (A grammar is applied
+    around the chain by ``SlotSampler``.)
     """
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     last_n = num_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
@@ -228,12 +228,6 @@ def sampler_chain(
         for token in prompt[-last_n:]:
             L.llama_sampler_accept(penalties, token)
         L.llama_sampler_chain_add(chain, penalties)
-    if grammar:
-        sampler = L.llama_sampler_init_grammar(vocab.handle, grammar.encode("utf-8"), b"root")
-        if not sampler:
-            L.llama_sampler_free(chain)
-            raise ValueError("invalid grammar")
-        L.llama_sampler_chain_add(chain, sampler)
     if opts.temperature <= 0:
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
         return chain
@@ -249,6 +243,103 @@ def sampler_chain(
     seed = opts.seed & 0xFFFFFFFF if opts.seed >= 0 else L.LLAMA_DEFAULT_SEED
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed))
     return chain
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+
+
+class SlotSampler:
+    """One request's sampling: its options' chain and, when it has one, a grammar.
+
+    Without a grammar every token is drawn by llama.cpp in one native call. With
+    one, the chain draws first and the grammar only checks the token drawn; only
+    when it refuses that token is the grammar applied to the whole vocabulary and
+    the draw repeated (llama-server's shortcut: checking one token is cheap,
+    filtering 49k candidates through the grammar costs milliseconds per token).
+    Either way the token returned is one the grammar allows, so the output is
+    exactly as constrained as with the grammar first in the chain.
+
+    A grammar may wait (``armed=False``): then tokens are drawn freely until
+    ``arm()``, so a model can think before its constrained answer.
+    """
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        opts: SamplingOptions,
+        prompt: Sequence[int],
+        num_ctx: int,
+        *,
+        grammar: str = "",
+        armed: bool = True,
+    ) -> None:
+        self._grammar: Any = None
+        if grammar:
+            self._grammar = L.llama_sampler_init_grammar(
+                vocab.handle, grammar.encode("utf-8"), b"root"
+            )
+            if not self._grammar:
+                raise ValueError("invalid grammar")
+        self._chain = sampler_chain(vocab, opts, prompt, num_ctx)
+        self._n_vocab = vocab.size
+        self.armed = armed
+        self._candidates: np.ndarray | None = None
+        self._one = np.zeros(1, dtype=_TOKEN_DATA)
+
+    @property
+    def constrained(self) -> bool:
+        return self._grammar is not None and self.armed
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def sample(self, ctx: Any, index: int) -> int:
+        if not self.constrained:
+            return int(L.llama_sampler_sample(self._chain, ctx, index))
+        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
+        token = self._draw(logits, grammar=False)
+        if not self._allows(token):
+            token = self._draw(logits, grammar=True)
+        L.llama_sampler_accept(self._chain, token)
+        L.llama_sampler_accept(self._grammar, token)
+        return token
+
+    def _draw(self, logits: np.ndarray, *, grammar: bool) -> int:
+        if self._candidates is None:
+            self._candidates = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
+        cand = self._candidates
+        cand["id"] = np.arange(self._n_vocab, dtype=np.int32)  # the last apply sorted them
+        cand["logit"] = logits
+        cand["p"] = 0.0
+        array = _token_array(cand)
+        if grammar:
+            L.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        L.llama_sampler_apply(self._chain, ctypes.byref(array))
+        if not 0 <= array.selected < array.size:
+            raise RuntimeError("the sampler chain selected no token")
+        return int(cand["id"][array.selected])
+
+    def _allows(self, token: int) -> bool:
+        one = self._one
+        one["id"], one["logit"], one["p"] = token, 0.0, 0.0
+        array = _token_array(one)
+        L.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        return bool(np.isfinite(one["logit"][0]))
+
+    def free(self) -> None:
+        for sampler in (self._chain, self._grammar):
+            if sampler:
+                L.llama_sampler_free(sampler)
+        self._chain = self._grammar = None
+
+
+def _token_array(candidates: np.ndarray) -> Any:
+    return L.llama_token_data_array(
+        data=candidates.ctypes.data_as(ctypes.POINTER(L.llama_token_data)),
+        size=len(candidates),
+        selected=-1,
+        sorted=False,
+    )
 
 
 # -- a threadpool that does not spin between decode steps ---------------------------------

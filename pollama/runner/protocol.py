@@ -197,6 +197,12 @@ class CompletionRequest:
     """Pre-tokenized prompt; used instead of ``prompt`` when given."""
     images: tuple[str, ...] = ()
     grammar: str = ""
+    think_end: str = ""
+    """When set, the reply starts inside a thinking block that this text closes: the
+    grammar applies only after it (the model thinks freely, then answers constrained)."""
+    think_budget: int = -1
+    """With ``think_end``: after this many thinking tokens the runner closes the block
+    itself. -1: no limit."""
     options: SamplingOptions = field(default_factory=SamplingOptions)
     logprobs: bool = False
     top_logprobs: int = 0
@@ -209,6 +215,8 @@ class CompletionRequest:
             "tokens": list(self.tokens) if self.tokens is not None else None,
             "images": list(self.images),
             "grammar": self.grammar,
+            "think_end": self.think_end,
+            "think_budget": self.think_budget,
             "options": self.options.to_json(),
             "logprobs": self.logprobs,
             "top_logprobs": self.top_logprobs,
@@ -228,6 +236,8 @@ class CompletionRequest:
                 tokens=tuple(int(t) for t in tokens) if tokens is not None else None,
                 images=tuple(str(i) for i in body.get("images", ()) or ()),
                 grammar=str(body.get("grammar", "") or ""),
+                think_end=str(body.get("think_end", "") or ""),
+                think_budget=int(body.get("think_budget", -1)),
                 options=SamplingOptions.from_json(body.get("options", {}) or {}),
                 logprobs=bool(body.get("logprobs", False)),
                 top_logprobs=top,
@@ -301,6 +311,9 @@ class CompletionDone:
     eval_duration: int
     """Nanoseconds."""
     content: str = ""
+    prompt_cached: int = 0
+    """Prompt tokens not evaluated because the slot's cache held them (Ollama's
+    prompt_eval_count leaves them out; OpenAI's usage counts them as cached)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"done": True, **asdict(self)}
@@ -320,6 +333,7 @@ def parse_completion_line(body: Mapping[str, Any]) -> CompletionChunk | Completi
                 eval_count=int(body["eval_count"]),
                 eval_duration=int(body["eval_duration"]),
                 content=str(body.get("content", "")),
+                prompt_cached=int(body.get("prompt_cached", 0)),
             )
         return CompletionChunk(
             content=str(body["content"]),

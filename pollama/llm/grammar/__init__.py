@@ -67,7 +67,7 @@ from typing import Any
 
 from pollama.errors import InvalidFormat
 from pollama.llm.grammar.keywords import MAX_ITEMS, MAX_LENGTH
-from pollama.llm.grammar.rules import _Grammar
+from pollama.llm.grammar.rules import _Grammar, _lit
 from pollama.llm.grammar.schema import _Converter
 from pollama.llm.grammar.values import _show
 
@@ -90,8 +90,9 @@ def grammar_from_format(fmt: object) -> str:
     raise InvalidFormat(f'invalid format: {_show(fmt)}; expected "json" or a JSON schema object')
 
 
-def json_schema_to_grammar(schema: Mapping[str, Any]) -> str:
-    """The GBNF grammar (start rule ``root``) for documents valid against ``schema``.
+def json_schema_to_grammar(schema: Mapping[str, Any], *, prefix: str = "", suffix: str = "") -> str:
+    """The GBNF grammar (start rule ``root``) for documents valid against ``schema``,
+    written between the literal ``prefix`` and ``suffix`` (a tool call's tags).
 
     Raises ``UnsupportedSchema`` naming the keyword when part of the schema
     cannot be enforced, and ``InvalidFormat`` when the schema is malformed.
@@ -103,4 +104,10 @@ def json_schema_to_grammar(schema: Mapping[str, Any]) -> str:
         top = converter.rule(schema, "schema")
     except RecursionError:
         raise InvalidFormat("invalid format: the JSON schema is nested too deeply") from None
-    return converter.grammar.text(f"{converter.grammar.prim('ws')} {top}")
+    ws = converter.grammar.prim("ws")
+    body = f"{ws} {top}"
+    if prefix or suffix:
+        head = f"{_lit(prefix)} " if prefix else ""
+        tail = f" {ws} {_lit(suffix)}" if suffix else ""
+        body = f"{head}{ws} {top}{tail}"
+    return converter.grammar.text(body)
