@@ -5,7 +5,8 @@
     tools        its template reads ``tools``
     insert       its template reads ``suffix`` (fill-in-the-middle)
     vision       it has a projector, or its GGUF carries a vision encoder
-    thinking     its template reads a thinking flag or a message's reasoning
+    thinking     its template reads a thinking flag or a message's reasoning, or writes
+                 thinking tags (``<think>``)
 
 A pure function of its inputs, so the rules are tested without a server or a file.
 """
@@ -16,6 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pollama.server.reply import infer_thinking
 from pollama.server.template import ChatTemplate
 
 COMPLETION = "completion"
@@ -53,8 +55,12 @@ def has_vision_encoder(metadata: Mapping[str, Any]) -> bool:
 
 
 def template_thinks(template: ChatTemplate) -> bool:
-    return bool(template.variables & _THINKING_VARIABLES) or bool(
-        _THINKING_SOURCE.search(template.source)
+    """True when the template renders thinking: it reads a thinking flag or earlier
+    reasoning, or writes thinking tags the reply parser knows."""
+    return (
+        bool(template.variables & _THINKING_VARIABLES)
+        or bool(_THINKING_SOURCE.search(template.source))
+        or infer_thinking(template.source) is not None
     )
 
 
