@@ -73,6 +73,23 @@ class Server:
                 lines.append(json.loads(line))
         return lines
 
+    def named_events(self, path: str, body: Any) -> list[tuple[str, dict[str, Any]]]:
+        """A stream of named server-sent events as (name, data) pairs, checking that each
+        is exactly ``event: <name>\\ndata: <json>\\n\\n`` with the JSON's type its name."""
+        with self.client.stream("POST", path, json={**body, "stream": True}) as response:
+            assert response.status_code == 200, response.read()
+            assert response.headers["content-type"].startswith("text/event-stream")
+            raw = response.read().decode()
+        assert raw.endswith("\n\n") and "[DONE]" not in raw
+        events = []
+        for chunk in raw[:-2].split("\n\n"):
+            name_line, data_line = chunk.split("\n")
+            assert name_line.startswith("event: ") and data_line.startswith("data: ")
+            name, data = name_line[len("event: ") :], json.loads(data_line[len("data: ") :])
+            assert data["type"] == name
+            events.append((name, data))
+        return events
+
     def runner_pids(self) -> list[int]:
         children = psutil.Process(self.process.pid).children(recursive=True)
         return [c.pid for c in children if "runner" in " ".join(c.cmdline())]

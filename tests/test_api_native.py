@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 from serving import GREEDY, Server
+from toolmodel import WEATHER_TOOL, create_tool_model
 
 pytestmark = pytest.mark.llama
 
@@ -109,3 +111,46 @@ def test_sigterm_leaves_no_runner_behind(tmp_path: Path):
     assert not any(
         psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids
     )
+
+
+def test_ndjson_framing_is_one_object_per_line(server: Server):
+    body = {"model": "smollm2", "prompt": "Hi", "options": GREEDY}
+    with server.client.stream("POST", "/api/generate", json=body) as response:
+        assert response.headers["content-type"] == "application/x-ndjson"
+        raw = b"".join(response.iter_bytes())
+    assert raw.endswith(b"}\n") and b"\n\n" not in raw
+    records = [json.loads(line) for line in raw.split(b"\n")[:-1]]
+    assert [r["done"] for r in records] == [False] * (len(records) - 1) + [True]
+
+
+def test_thinking_and_tools_on_a_model_that_cannot_are_refused(server: Server):
+    chat = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}]}
+    thinking = server.post("/api/chat", {**chat, "think": True})
+    assert thinking.status_code == 400
+    assert thinking.json() == {"error": '"smollm2:latest" does not support thinking'}
+    tools = server.post("/api/chat", {**chat, "tools": [WEATHER_TOOL]})
+    assert tools.status_code == 400
+    assert tools.json() == {"error": '"smollm2:latest" does not support tools'}
+    level = server.post("/api/generate", {"model": "smollm2", "prompt": "Hi", "think": "max"})
+    assert level.status_code == 400 and "think" in level.json()["error"]
+
+
+def test_thinking_is_separated_from_the_content(server: Server):
+    name = create_tool_model(server.url)
+    capabilities = server.post("/api/show", {"model": name}).json()["capabilities"]
+    assert {"tools", "thinking"} <= set(capabilities)
+    assert "thinking" not in server.post("/api/show", {"model": "smollm2"}).json()["capabilities"]
+    body = {
+        "model": name,
+        "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+        "think": True,
+        "options": {**GREEDY, "num_predict": 12},
+    }
+    lines = server.stream("/api/chat", body)
+    thinking = "".join(line["message"].get("thinking", "") for line in lines)
+    content = "".join(line["message"]["content"] for line in lines)
+    # The template does not open the block; asked to think, the server opened it, so
+    # everything the model wrote (it never closes it within 12 tokens) is thinking.
+    assert thinking.strip() and "<think>" not in thinking and content == ""
+    whole = server.post("/api/chat", {**body, "stream": False}).json()["message"]
+    assert whole["thinking"] == thinking.strip() and whole["content"] == ""

@@ -195,6 +195,9 @@ def test_create_from_blob(client: ollama.Client):
 
 
 def test_runner_killed_mid_stream_then_recovers(client: ollama.Client, server: Server):
+    for running in client.ps().models:  # models earlier tests left loaded
+        if running.model != "smollm2:latest":
+            client.generate(running.model, keep_alive=0)
     client.generate("smollm2", "Hi", options=GREEDY)
     stream = client.generate(
         "smollm2", PROMPT, options={"temperature": 0, "num_predict": 4000}, stream=True

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from pollama.api import catalog, embed, generate, models
-from pollama.api.errors import message_of, status_of
+from pollama.api.errors import error_body_for, message_of, status_of
 from pollama.api.security import DEFAULT_ORIGINS, HostCheck, origin_regex
 from pollama.api.state import ServerState
 from pollama.errors import PollamaError
@@ -44,24 +44,26 @@ def create_app(state: ServerState) -> FastAPI:
     )
     app.add_middleware(HostCheck, bound=state.settings.host)
 
-    async def _error(_: Request, exc: Exception) -> JSONResponse:
+    async def _error(request: Request, exc: Exception) -> JSONResponse:
         status = status_of(exc)
         if status >= 500:
             # Our own errors say what went wrong; only the unexpected need a traceback.
             log.warning(
                 "request failed: %s", exc, exc_info=not isinstance(exc, PollamaError | ValueError)
             )
-        return JSONResponse({"error": message_of(exc)}, status_code=status)
+        body = error_body_for(request.url.path)(status, message_of(exc))
+        return JSONResponse(body, status_code=status)
 
     # Our errors go through the ordinary exception middleware; a handler for plain
     # Exception would sit in Starlette's server-error middleware, which re-raises.
     for kind in (PollamaError, ValueError):
         app.add_exception_handler(kind, _error)  # type: ignore[arg-type]
 
-    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         # Unknown routes and wrong methods answer in the API's error shape too.
         message = "404 page not found" if exc.status_code == 404 else str(exc.detail).lower()
-        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+        body = error_body_for(request.url.path)(exc.status_code, message)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
 

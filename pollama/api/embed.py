@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, Request
 
-from pollama.api.generate import keep_alive_of, load_or_unload, parse_body
+from pollama.api.completion import load_or_unload
+from pollama.api.generate import keep_alive_of, parse_body
 from pollama.api.state import ServerState
 from pollama.api.types import (
     EmbeddingsRequest,
@@ -44,29 +47,69 @@ def shape(vector: Sequence[float], dimensions: int | None) -> list[float]:
     return normalize(vector)
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """Raw (unnormalized) vectors, one per input, and what computing them cost."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    prompt_eval_count: int
+    load_duration: int
+    total_duration: int
+
+
+async def embed_inputs(
+    state: ServerState,
+    model: str,
+    inputs: Sequence[str],
+    *,
+    options: Mapping[str, Any] | None = None,
+    keep_alive: float | None = None,
+    truncate: bool = True,
+) -> Embedded:
+    """Embed every input in one runner call (one batch, not one request each).
+
+    No inputs loads the model (or, with keep_alive 0, unloads it) and embeds nothing.
+    """
+    if any(not text for text in inputs):
+        raise BadRequest("input must not contain empty strings")
+    started = time.perf_counter_ns()
+    if not inputs:
+        await load_or_unload(state, model, options or {}, keep_alive)
+        return Embedded((), 0, 0, time.perf_counter_ns() - started)
+    spec, _ = await state.model(model)
+    checked = validate_options(dict(options or {}))
+    async with await state.scheduler.acquire(spec, checked, keep_alive) as lease:
+        result = await lease.server.embedding(list(inputs), truncate=truncate)
+        load_duration = lease.load_duration
+    return Embedded(
+        vectors=tuple(tuple(v) for v in result.embeddings),
+        prompt_eval_count=result.prompt_eval_count,
+        load_duration=load_duration,
+        total_duration=time.perf_counter_ns() - started,
+    )
+
+
 @router.post("/api/embed")
 async def embed(request: Request) -> EmbedResponse:
     body = await parse_body(request, EmbedRequest)
     state: ServerState = request.app.state.pollama
-    spec, _ = await state.model(body.model)
-    keep_alive = keep_alive_of(body.keep_alive)
-    options = validate_options(body.options or {})
-    started = time.perf_counter_ns()
     inputs = [] if body.input == "" else body.inputs
-    if any(not text for text in inputs):
-        raise BadRequest("input must not contain empty strings")
+    done = await embed_inputs(
+        state,
+        body.model,
+        inputs,
+        options=body.options,
+        keep_alive=keep_alive_of(body.keep_alive),
+        truncate=body.truncate,
+    )
     if not inputs:
-        await load_or_unload(state, spec, options, keep_alive)
         return EmbedResponse(model=body.model, embeddings=[])
-    async with await state.scheduler.acquire(spec, options, keep_alive) as lease:
-        result = await lease.server.embedding(inputs, truncate=body.truncate)
-        load_duration = lease.load_duration
     return EmbedResponse(
         model=body.model,
-        embeddings=[shape(v, body.dimensions) for v in result.embeddings],
-        total_duration=time.perf_counter_ns() - started,
-        load_duration=load_duration,
-        prompt_eval_count=result.prompt_eval_count,
+        embeddings=[shape(v, body.dimensions) for v in done.vectors],
+        total_duration=done.total_duration,
+        load_duration=done.load_duration,
+        prompt_eval_count=done.prompt_eval_count,
     )
 
 
@@ -74,12 +117,8 @@ async def embed(request: Request) -> EmbedResponse:
 async def embeddings(request: Request) -> EmbeddingsResponse:
     body = await parse_body(request, EmbeddingsRequest)
     state: ServerState = request.app.state.pollama
-    spec, _ = await state.model(body.model)
-    keep_alive = keep_alive_of(body.keep_alive)
-    options = validate_options(body.options or {})
-    if not body.prompt:
-        await load_or_unload(state, spec, options, keep_alive)
-        return EmbeddingsResponse(embedding=[])
-    async with await state.scheduler.acquire(spec, options, keep_alive) as lease:
-        result = await lease.server.embedding([body.prompt], truncate=True)
-    return EmbeddingsResponse(embedding=list(result.embeddings[0]))
+    inputs = [body.prompt] if body.prompt else []
+    done = await embed_inputs(
+        state, body.model, inputs, options=body.options, keep_alive=keep_alive_of(body.keep_alive)
+    )
+    return EmbeddingsResponse(embedding=list(done.vectors[0]) if done.vectors else [])

@@ -8,6 +8,8 @@ later; 499 is a request the client itself canceled.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from pollama.errors import (
     BadRequest,
@@ -63,3 +65,57 @@ def message_of(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
         return "request canceled"
     return "internal error"
+
+
+# -- each API's own error shape ------------------------------------------------------------
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def ollama_body(status: int, message: str) -> dict[str, Any]:
+    return {"error": message}
+
+
+def openai_body(status: int, message: str) -> dict[str, Any]:
+    """OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = _OPENAI_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    code = "model_not_found" if status == 404 and "model" in message else None
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def anthropic_body(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``."""
+    kind = _ANTHROPIC_TYPES.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def error_body_for(path: str) -> Callable[[int, str], dict[str, Any]]:
+    """The error shape of the API a request path belongs to."""
+    if path.startswith("/v1/messages"):
+        return anthropic_body
+    if path.startswith("/v1/"):
+        return openai_body
+    return ollama_body
+
+
+def error_record(exc: BaseException, shape: Callable[[int, str], dict[str, Any]]) -> dict[str, Any]:
+    """A mid-stream failure as one record in the API's own shape."""
+    return shape(status_of(exc), message_of(exc))

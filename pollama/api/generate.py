@@ -1,9 +1,8 @@
-"""/api/generate and /api/chat: prompt → runner → NDJSON (or one JSON object)."""
+"""/api/generate and /api/chat: Ollama's wire shapes over ``pollama.api.completion``."""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -11,6 +10,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from pollama.api.completion import (
+    ChatCall,
+    Delta,
+    Finish,
+    GenerateCall,
+    check_format,
+    load_or_unload,
+    start_chat,
+    start_generate,
+)
 from pollama.api.state import ServerState
 from pollama.api.streaming import first_and_rest, ndjson
 from pollama.api.types import (
@@ -18,28 +27,13 @@ from pollama.api.types import (
     ChatResponse,
     GenerateRequest,
     GenerateResponse,
+    Logprob,
     Message,
+    ToolCall,
+    ToolCallFunction,
 )
 from pollama.errors import BadRequest
-from pollama.ggufmeta import GGUFModel
-from pollama.llm.grammar import grammar_from_format
-from pollama.runner.protocol import (
-    CompletionChunk,
-    CompletionDone,
-    CompletionRequest,
-    SamplingOptions,
-)
 from pollama.server.keepalive import parse_keep_alive
-from pollama.server.parameters import validate_options
-from pollama.server.prompt import (
-    Prompt,
-    assemble_chat,
-    generate_prompt,
-    render_chat,
-    truncate_chat,
-)
-from pollama.server.runners import Lease, ModelSpec
-from pollama.server.template import special_tokens, template_for
 
 router = APIRouter()
 NDJSON = "application/x-ndjson"
@@ -49,63 +43,46 @@ B = TypeVar("B", bound=BaseModel)
 @router.post("/api/generate")
 async def generate(request: Request) -> Response:
     body = await parse_body(request, GenerateRequest)
-    check_format(body.format)
-    if body.raw and (body.template or body.system or body.context):
-        raise BadRequest("raw mode does not support template, system, or context")
     state: ServerState = request.app.state.pollama
-    spec, resolved = await state.model(body.model)
     keep_alive = keep_alive_of(body.keep_alive)
-    options = validate_options(body.options or {})
-    started = time.perf_counter_ns()
     if not body.prompt and not body.suffix and not body.images:
-        reason = await load_or_unload(state, spec, options, keep_alive)
-        return JSONResponse(
-            _json(GenerateResponse(model=body.model, done=True, done_reason=reason))
-        )
-
-    lease = await state.scheduler.acquire(spec, options, keep_alive)
-    try:
-        server = lease.server
-        template = template_for(spec.model, body.template or resolved.template)
-        bos, eos = _special(spec.model)
-        context = await server.detokenize(body.context) if body.context else ""
-        prompt = generate_prompt(
-            template,
+        check_format(body.format)
+        reason = await load_or_unload(state, body.model, body.options or {}, keep_alive)
+        done = GenerateResponse(model=body.model, done=True, done_reason=reason)
+        return JSONResponse(_json(done))
+    run = await start_generate(
+        state,
+        GenerateCall(
+            model=body.model,
             prompt=body.prompt,
-            system=body.system,
             suffix=body.suffix,
+            system=body.system,
+            template=body.template,
+            context=body.context,
             raw=body.raw,
-            images=body.images or (),
-            modelfile_system=resolved.system,
-            modelfile_messages=list(resolved.messages),
-            context=context,
-            bos=bos,
-            eos=eos,
-            model=spec.name,
-        )
-        stream = server.completion(_completion(body, prompt, lease), format=body.format)
-    except BaseException:
-        await lease.release()
-        raise
+            images=tuple(body.images or ()),
+            **_common(body, keep_alive),
+        ),
+    )
 
     async def records() -> AsyncIterator[GenerateResponse]:
-        text: list[str] = []
-        try:
-            async for item in stream:
-                if isinstance(item, CompletionChunk):
-                    text.append(item.content)
-                    yield GenerateResponse(model=body.model, response=item.content)
-                    continue
-                tokens = None if body.raw else await server.tokenize(prompt.text + "".join(text))
+        async for event in run.events:
+            if isinstance(event, Delta):
                 yield GenerateResponse(
                     model=body.model,
-                    done=True,
-                    done_reason=item.done_reason,
-                    context=tokens,
-                    **_metrics(item, lease, started),
+                    response=event.content,
+                    thinking=event.thinking or None,
+                    tool_calls=_tool_calls(event) or None,
+                    logprobs=_logprobs(event),
                 )
-        finally:
-            await lease.release()
+                continue
+            yield GenerateResponse(
+                model=body.model,
+                done=True,
+                done_reason=event.done_reason,
+                context=list(event.context) if event.context is not None else None,
+                **_metrics(event),
+            )
 
     return await _respond(records(), body.stream, _merge_generate)
 
@@ -113,59 +90,41 @@ async def generate(request: Request) -> Response:
 @router.post("/api/chat")
 async def chat(request: Request) -> Response:
     body = await parse_body(request, ChatRequest)
-    check_format(body.format)
     state: ServerState = request.app.state.pollama
-    spec, resolved = await state.model(body.model)
     keep_alive = keep_alive_of(body.keep_alive)
-    options = validate_options(body.options or {})
-    started = time.perf_counter_ns()
     if not body.messages:
-        reason = await load_or_unload(state, spec, options, keep_alive)
+        check_format(body.format)
+        reason = await load_or_unload(state, body.model, body.options or {}, keep_alive)
         done = ChatResponse(model=body.model, done=True, done_reason=reason)
         return JSONResponse(_json(done))
-
-    lease = await state.scheduler.acquire(spec, options, keep_alive)
-    try:
-        server = lease.server
-        template = template_for(spec.model, resolved.template)
-        bos, eos = _special(spec.model)
-        messages = assemble_chat(
-            [m.model_dump(exclude_none=True) for m in body.messages],
-            system_default=resolved.system,
-            modelfile_messages=list(resolved.messages),
-        )
-
-        def render(kept: list[Any]) -> Prompt:
-            return render_chat(template, kept, tools=body.tools, bos=bos, eos=eos)
-
-        if body.truncate:
-
-            async def count(kept: list[Any]) -> int:
-                return len(await server.tokenize(render(kept).text))
-
-            messages = await truncate_chat(messages, count, server.context_length)
-        prompt = render(messages)
-        stream = server.completion(_completion(body, prompt, lease), format=body.format)
-    except BaseException:
-        await lease.release()
-        raise
+    run = await start_chat(
+        state,
+        ChatCall(
+            model=body.model,
+            messages=[m.model_dump(exclude_none=True) for m in body.messages],
+            tools=body.tools,
+            **_common(body, keep_alive),
+        ),
+    )
 
     async def records() -> AsyncIterator[ChatResponse]:
-        try:
-            async for item in stream:
-                if isinstance(item, CompletionChunk):
-                    message = Message(role="assistant", content=item.content)
-                    yield ChatResponse(model=body.model, message=message)
-                    continue
-                yield ChatResponse(
-                    model=body.model,
-                    message=Message(role="assistant", content=""),
-                    done=True,
-                    done_reason=item.done_reason,
-                    **_metrics(item, lease, started),
+        async for event in run.events:
+            if isinstance(event, Delta):
+                message = Message(
+                    role="assistant",
+                    content=event.content,
+                    thinking=event.thinking or None,
+                    tool_calls=_tool_calls(event) or None,
                 )
-        finally:
-            await lease.release()
+                yield ChatResponse(model=body.model, message=message, logprobs=_logprobs(event))
+                continue
+            yield ChatResponse(
+                model=body.model,
+                message=Message(role="assistant", content=""),
+                done=True,
+                done_reason=event.done_reason,
+                **_metrics(event),
+            )
 
     return await _respond(records(), body.stream, _merge_chat)
 
@@ -189,12 +148,6 @@ async def parse_body(request: Request, kind: type[B]) -> B:
         raise BadRequest(f"{where}: {first['msg']}" if where else first["msg"]) from None
 
 
-def check_format(fmt: object) -> None:
-    """Reject a bad ``format`` before anything loads (InvalidFormat/UnsupportedSchema → 400)."""
-    if fmt is not None and fmt != "":
-        grammar_from_format(fmt)
-
-
 def keep_alive_of(value: object) -> float | None:
     try:
         return parse_keep_alive(value)
@@ -202,45 +155,42 @@ def keep_alive_of(value: object) -> float | None:
         raise BadRequest(str(exc)) from None
 
 
-async def load_or_unload(
-    state: ServerState, spec: ModelSpec, options: dict[str, Any], keep_alive: float | None
-) -> str:
-    """An empty prompt loads the model; with keep_alive 0 it unloads it instead."""
-    if keep_alive == 0:
-        await state.scheduler.unload(spec.name)
-        return "unload"
-    lease = await state.scheduler.acquire(spec, options, keep_alive)
-    await lease.release()
-    return "load"
-
-
-def _completion(
-    body: GenerateRequest | ChatRequest, prompt: Prompt, lease: Lease
-) -> CompletionRequest:
-    return CompletionRequest(
-        prompt=prompt.text,
-        images=prompt.images,
-        options=SamplingOptions.from_json(lease.options),
-        logprobs=body.logprobs,
-        top_logprobs=body.top_logprobs,
-        shift=body.shift,
-        truncate=body.truncate,
-    )
-
-
-def _special(model: GGUFModel) -> tuple[str, str]:
-    """BOS/EOS strings for templates; no BOS when the tokenizer adds its own (no doubles)."""
-    bos, eos = special_tokens(model.path)
-    adds_bos = model.get("tokenizer.ggml.add_bos_token")
-    if adds_bos is None:
-        adds_bos = model.get("tokenizer.ggml.model") == "llama"  # SentencePiece adds BOS
-    return ("" if adds_bos else bos), eos
-
-
-def _metrics(done: CompletionDone, lease: Lease, started: int) -> dict[str, Any]:
+def _common(body: GenerateRequest | ChatRequest, keep_alive: float | None) -> dict[str, Any]:
+    """The fields generate and chat share, as a ChatCall/GenerateCall takes them."""
     return {
-        "total_duration": time.perf_counter_ns() - started,
-        "load_duration": lease.load_duration,
+        "format": body.format,
+        "think": body.think,
+        "options": body.options or {},
+        "keep_alive": keep_alive,
+        "truncate": body.truncate,
+        "shift": body.shift,
+        "logprobs": body.logprobs,
+        "top_logprobs": body.top_logprobs,
+    }
+
+
+def _tool_calls(delta: Delta) -> list[ToolCall]:
+    return [
+        ToolCall(
+            id=call.id,
+            function=ToolCallFunction(
+                index=call.index, name=call.name, arguments=dict(call.arguments)
+            ),
+        )
+        for call in delta.tool_calls
+    ]
+
+
+def _logprobs(delta: Delta) -> list[Logprob] | None:
+    if not delta.logprobs:
+        return None
+    return [Logprob.model_validate(lp.to_json()) for lp in delta.logprobs]
+
+
+def _metrics(done: Finish) -> dict[str, Any]:
+    return {
+        "total_duration": done.total_duration,
+        "load_duration": done.load_duration,
         "prompt_eval_count": done.prompt_eval_count,
         "prompt_eval_duration": done.prompt_eval_duration,
         "eval_count": done.eval_count,
@@ -260,13 +210,31 @@ async def _respond(
 
 def _merge_generate(records: list[GenerateResponse]) -> GenerateResponse:
     final = records[-1]
-    return final.model_copy(update={"response": "".join(r.response for r in records)})
+    thinking = "".join(r.thinking or "" for r in records)
+    calls = [c for r in records for c in r.tool_calls or ()]
+    logprobs = [lp for r in records for lp in r.logprobs or ()]
+    return final.model_copy(
+        update={
+            "response": "".join(r.response for r in records),
+            "thinking": thinking or None,
+            "tool_calls": calls or None,
+            "logprobs": logprobs or None,
+        }
+    )
 
 
 def _merge_chat(records: list[ChatResponse]) -> ChatResponse:
     final = records[-1]
-    content = "".join(r.message.content for r in records)
-    return final.model_copy(update={"message": Message(role="assistant", content=content)})
+    thinking = "".join(r.message.thinking or "" for r in records)
+    calls = [c for r in records for c in r.message.tool_calls or ()]
+    logprobs = [lp for r in records for lp in r.logprobs or ()]
+    message = Message(
+        role="assistant",
+        content="".join(r.message.content for r in records),
+        thinking=thinking or None,
+        tool_calls=calls or None,
+    )
+    return final.model_copy(update={"message": message, "logprobs": logprobs or None})
 
 
 def _json(model: BaseModel) -> Any:

@@ -1,0 +1,483 @@
+"""One completion as every API sees it: model → lease → prompt → runner → reply events.
+
+The native routes (``/api/generate``, ``/api/chat``), the OpenAI routes and the
+Anthropic route differ only in their wire shapes. Each builds a ``ChatCall`` or
+``GenerateCall``, calls ``start_chat``/``start_generate`` and turns the events of
+the returned ``Run`` into its own records::
+
+    run = await start_chat(state, ChatCall(model=..., messages=[...]))
+    async for event in run.events:      # Delta ... Delta, then one Finish
+        ...
+
+Everything that can be refused is refused before ``start_*`` returns (unknown
+model, bad format, thinking or tools the model cannot do, a full queue), so each
+API can still answer with an HTTP status. The lease is released when the event
+stream ends, fails or is closed.
+
+Replies are split into thinking, content and tool calls by ``pollama.server.reply``
+with the markers the model's template uses. A ``format`` constrains the answer,
+not the thinking: with thinking on, the grammar waits for the end of the thinking
+block (a lazy grammar in the runner).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from pollama.api.state import ServerState
+from pollama.errors import BadRequest
+from pollama.ggufmeta import GGUFModel
+from pollama.llm.grammar import grammar_from_format, json_schema_to_grammar
+from pollama.runner.protocol import (
+    CompletionChunk,
+    CompletionRequest,
+    Logprob,
+    SamplingOptions,
+)
+from pollama.server.capabilities import template_thinks
+from pollama.server.parameters import validate_options
+from pollama.server.prompt import (
+    Prompt,
+    assemble_chat,
+    generate_prompt,
+    render_chat,
+    truncate_chat,
+)
+from pollama.server.reply import (
+    Content,
+    ReplyParser,
+    Thinking,
+    ThinkingTags,
+    ToolCalls,
+    ToolSyntax,
+    infer_thinking,
+    infer_tool_syntax,
+    starts_in_thinking,
+)
+from pollama.server.runners import Lease, ModelSpec
+from pollama.server.template import ChatTemplate, special_tokens, template_for
+
+log = logging.getLogger(__name__)
+
+ToolChoice = Literal["auto", "none", "required"] | str
+"""``auto``: the model decides; ``none``: no tools offered; ``required``: it must call
+one; any other string: it must call the tool of that name."""
+
+THINK_BUDGETS = {"low": 1024, "medium": 4096, "high": -1}
+"""Thinking tokens per level of ``think``/``reasoning_effort``; the runner closes the
+block when they run out (-1: never)."""
+THINK_LEVELS = frozenset(THINK_BUDGETS)
+
+
+@dataclass(frozen=True)
+class CallOut:
+    """A tool call the model made, with the id and index the APIs report."""
+
+    id: str
+    index: int
+    name: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of the reply: content, thinking or tool calls (one of them), and the
+    logprobs of the tokens it came from, if asked for."""
+
+    content: str = ""
+    thinking: str = ""
+    tool_calls: tuple[CallOut, ...] = ()
+    logprobs: tuple[Logprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The last event: why generation stopped and what it cost."""
+
+    done_reason: str
+    """stop | length (the runner's), whatever tool calls were made."""
+    tool_calls: int
+    prompt_eval_count: int
+    """Prompt tokens evaluated (Ollama's meaning: cached ones are left out)."""
+    prompt_eval_duration: int
+    eval_count: int
+    eval_duration: int
+    load_duration: int
+    total_duration: int
+    prompt_cached: int = 0
+    """Prompt tokens the runner's cache already held."""
+    context: tuple[int, ...] | None = None
+    """/api/generate's ``context``: the prompt and reply tokens (None for chat and raw)."""
+
+
+Event = Delta | Finish
+
+
+@dataclass
+class Run:
+    """A started completion; iterate ``events`` exactly once."""
+
+    model: str
+    """The name the request used."""
+    events: AsyncIterator[Event]
+
+
+@dataclass(frozen=True)
+class _Common:
+    model: str
+    format: Any = None
+    think: bool | str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    keep_alive: float | None = None
+    truncate: bool = True
+    shift: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
+    think_budget: int | None = None
+    """Thinking tokens allowed (Anthropic's ``budget_tokens``); None: by ``think``'s level."""
+
+
+@dataclass(frozen=True)
+class ChatCall(_Common):
+    messages: Sequence[Mapping[str, Any]] = ()
+    tools: Sequence[Mapping[str, Any]] | None = None
+    tool_choice: ToolChoice = "auto"
+
+
+@dataclass(frozen=True)
+class GenerateCall(_Common):
+    prompt: str = ""
+    suffix: str = ""
+    system: str | None = None
+    template: str | None = None
+    context: Sequence[int] | None = None
+    raw: bool = False
+    images: Sequence[str] = ()
+
+
+def check_format(fmt: object) -> None:
+    """Reject a bad ``format`` before anything loads (InvalidFormat/UnsupportedSchema → 400)."""
+    if fmt is not None and fmt != "":
+        grammar_from_format(fmt)
+
+
+# -- the reply's shape --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """How the reply is parsed and constrained, decided before anything is generated."""
+
+    thinking: ThinkingTags | None
+    tools: ToolSyntax | None
+    grammar: str
+    think: bool | None
+    """What the template is told (None: its default)."""
+
+
+def _think_flag(think: bool | str | None) -> bool | None:
+    if isinstance(think, str):
+        if think not in THINK_LEVELS:
+            raise BadRequest(
+                f"invalid think value: {think!r} (expected true, false, or one of "
+                "low, medium, high)"
+            )
+        return True
+    return think
+
+
+def _shape(
+    name: str,
+    template: ChatTemplate | None,
+    call: _Common,
+    tools: Sequence[Mapping[str, Any]] | None,
+    tool_choice: ToolChoice,
+) -> _Shape:
+    think = _think_flag(call.think)
+    source = template.source if template is not None else ""
+    # Exactly what /api/show reports as the "thinking" capability.
+    can_think = template is not None and template_thinks(template)
+    tags = infer_thinking(source) if template is not None else None
+    if think and not can_think:
+        raise BadRequest(f'"{name}" does not support thinking')
+    syntax = None
+    if tools:
+        if template is None or not template.supports_tools:
+            raise BadRequest(f'"{name}" does not support tools')
+        syntax = infer_tool_syntax(source, reads_tools=True)
+    grammar = grammar_from_format(call.format) if call.format not in (None, "") else ""
+    if tools and tool_choice not in ("auto", "none"):
+        if grammar:
+            raise BadRequest("a required tool call and a format cannot be combined")
+        grammar = tool_call_grammar(tools, tool_choice, syntax or ToolSyntax(None, None))
+    return _Shape(
+        thinking=tags if think is not False else None,
+        tools=syntax,
+        grammar=grammar,
+        think=think,
+    )
+
+
+def tool_call_grammar(
+    tools: Sequence[Mapping[str, Any]], choice: ToolChoice, syntax: ToolSyntax
+) -> str:
+    """A grammar that admits exactly one call of the chosen tool (or of any tool, for
+    ``required``), its arguments valid against the tool's parameter schema, written in
+    the model's own tool-call syntax. An unsupported schema keyword → 400 naming it."""
+    functions = [_function(tool) for tool in tools]
+    if choice != "required":
+        functions = [f for f in functions if f.get("name") == choice]
+        if not functions:
+            raise BadRequest(f"tool_choice names an unknown tool: {choice!r}")
+    alternatives = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": f["name"]},
+                "arguments": f.get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+        }
+        for f in functions
+    ]
+    schema = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
+    prefix, suffix = syntax.open or "", syntax.close or ""
+    if syntax.open == "[TOOL_CALLS]":  # Mistral's calls are a JSON list
+        prefix, suffix = prefix + "[", "]"
+    return json_schema_to_grammar(schema, prefix=prefix, suffix=suffix)
+
+
+def _function(tool: Mapping[str, Any]) -> Mapping[str, Any]:
+    function = tool.get("function", tool)
+    if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+        raise BadRequest("each tool needs a function with a name")
+    return function
+
+
+def _budget(call: _Common) -> int:
+    if call.think_budget is not None:
+        return max(call.think_budget, 1)
+    return THINK_BUDGETS.get(call.think, -1) if isinstance(call.think, str) else -1
+
+
+def _open_thinking(shape: _Shape, prompt: Prompt) -> tuple[Prompt, bool]:
+    """Whether the reply starts inside a thinking block, and the prompt for it.
+
+    When thinking was asked for and the template does not open the block itself, the
+    prompt opens it (as DeepSeek-R1's template always does): then the runner knows where
+    the answer starts, for a format's grammar and for a thinking budget.
+    """
+    tags = shape.thinking
+    if tags is None:
+        return prompt, False
+    if starts_in_thinking(prompt.text, tags):
+        return prompt, True
+    if shape.think:
+        return replace(prompt, text=f"{prompt.text}{tags.open}\n"), True
+    return prompt, False
+
+
+# -- starting a run -----------------------------------------------------------------------
+
+
+async def start_chat(state: ServerState, call: ChatCall) -> Run:
+    """Resolve, admit and start a chat completion (see the module docstring)."""
+    check_format(call.format)
+    spec, resolved = await state.model(call.model)
+    options = validate_options(dict(call.options))
+    template = template_for(spec.model, resolved.template)
+    tools = call.tools if call.tool_choice != "none" else None
+    shape = _shape(spec.name, template, call, tools, call.tool_choice)
+    started = time.perf_counter_ns()
+    lease = await state.scheduler.acquire(spec, options, call.keep_alive)
+    try:
+        server = lease.server
+        bos, eos = _special(spec.model)
+        messages = assemble_chat(
+            call.messages,
+            system_default=resolved.system,
+            modelfile_messages=list(resolved.messages),
+        )
+
+        def render(kept: list[Any]) -> Prompt:
+            return render_chat(template, kept, tools=tools, bos=bos, eos=eos, think=shape.think)
+
+        if call.truncate:
+
+            async def count(kept: list[Any]) -> int:
+                return len(await server.tokenize(render(kept).text))
+
+            messages = await truncate_chat(messages, count, server.context_length)
+        prompt = render(messages)
+    except BaseException:
+        await lease.release()
+        raise
+    tool_names = frozenset(_function(t)["name"] for t in tools or ())
+    return await _start(call, spec, lease, prompt, shape, started, tool_names, generate=False)
+
+
+async def start_generate(state: ServerState, call: GenerateCall) -> Run:
+    """Resolve, admit and start a /api/generate-style completion."""
+    check_format(call.format)
+    if call.raw and (call.template or call.system or call.context):
+        raise BadRequest("raw mode does not support template, system, or context")
+    spec, resolved = await state.model(call.model)
+    options = validate_options(dict(call.options))
+    template = template_for(spec.model, call.template or resolved.template)
+    shape = _shape(spec.name, None if call.raw else template, call, None, "auto")
+    started = time.perf_counter_ns()
+    lease = await state.scheduler.acquire(spec, options, call.keep_alive)
+    try:
+        bos, eos = _special(spec.model)
+        context = await lease.server.detokenize(list(call.context)) if call.context else ""
+        prompt = generate_prompt(
+            template,
+            prompt=call.prompt,
+            system=call.system,
+            suffix=call.suffix,
+            raw=call.raw,
+            images=call.images,
+            modelfile_system=resolved.system,
+            modelfile_messages=list(resolved.messages),
+            context=context,
+            bos=bos,
+            eos=eos,
+            think=shape.think,
+            model=spec.name,
+        )
+    except BaseException:
+        await lease.release()
+        raise
+    return await _start(call, spec, lease, prompt, shape, started, frozenset(), generate=True)
+
+
+async def _start(
+    call: _Common,
+    spec: ModelSpec,
+    lease: Lease,
+    prompt: Prompt,
+    shape: _Shape,
+    started: int,
+    tool_names: frozenset[str],
+    *,
+    generate: bool,
+) -> Run:
+    prompt, in_thinking = _open_thinking(shape, prompt)
+    # Inside thinking, the grammar waits for its end; otherwise it holds from the start.
+    after = shape.thinking.close if in_thinking and shape.thinking else ""
+    try:
+        request = CompletionRequest(
+            prompt=prompt.text,
+            images=prompt.images,
+            options=SamplingOptions.from_json(lease.options),
+            logprobs=call.logprobs,
+            top_logprobs=call.top_logprobs,
+            shift=call.shift,
+            truncate=call.truncate,
+            grammar=shape.grammar,
+            think_end=after,
+            think_budget=_budget(call) if after else -1,
+        )
+        stream = lease.server.completion(request)
+    except BaseException:
+        await lease.release()
+        raise
+    parser = None
+    if shape.thinking is not None or shape.tools is not None:
+        parser = ReplyParser(
+            thinking=shape.thinking,
+            tools=shape.tools,
+            in_thinking=in_thinking,
+            tool_names=tool_names or None,
+        )
+    raw = generate and isinstance(call, GenerateCall) and call.raw
+
+    async def events() -> AsyncIterator[Event]:
+        text: list[str] = []
+        calls = 0
+        try:
+            async for item in stream:
+                if isinstance(item, CompletionChunk):
+                    text.append(item.content)
+                    if parser is None:  # the hot path: plain text, one delta per chunk
+                        yield Delta(content=item.content, logprobs=item.logprobs)
+                        continue
+                    for delta in _deltas(parser.feed(item.content), calls):
+                        calls += len(delta.tool_calls)
+                        yield delta
+                    if item.logprobs:
+                        yield Delta(logprobs=item.logprobs)
+                    continue
+                if parser is not None:
+                    for delta in _deltas(parser.finish(), calls):
+                        calls += len(delta.tool_calls)
+                        yield delta
+                context = None
+                if generate and not raw:
+                    context = tuple(await lease.server.tokenize(prompt.text + "".join(text)))
+                yield Finish(
+                    done_reason=item.done_reason,
+                    tool_calls=calls,
+                    prompt_eval_count=item.prompt_eval_count,
+                    prompt_eval_duration=item.prompt_eval_duration,
+                    eval_count=item.eval_count,
+                    eval_duration=item.eval_duration,
+                    load_duration=lease.load_duration,
+                    total_duration=time.perf_counter_ns() - started,
+                    prompt_cached=item.prompt_cached,
+                    context=context,
+                )
+        finally:
+            await lease.release()
+
+    return Run(model=call.model, events=events())
+
+
+def _deltas(parsed: Sequence[Content | Thinking | ToolCalls], calls: int) -> list[Delta]:
+    out: list[Delta] = []
+    for event in parsed:
+        if isinstance(event, Content):
+            out.append(Delta(content=event.text))
+        elif isinstance(event, Thinking):
+            out.append(Delta(thinking=event.text))
+        else:
+            made = tuple(
+                CallOut(id=_call_id(), index=calls + i, name=c.name, arguments=c.arguments)
+                for i, c in enumerate(event.calls)
+            )
+            calls += len(made)
+            out.append(Delta(tool_calls=made))
+    return out
+
+
+def _call_id() -> str:
+    return "call_" + secrets.token_hex(12)
+
+
+def _special(model: GGUFModel) -> tuple[str, str]:
+    """BOS/EOS strings for templates; no BOS when the tokenizer adds its own (no doubles)."""
+    bos, eos = special_tokens(model.path)
+    adds_bos = model.get("tokenizer.ggml.add_bos_token")
+    if adds_bos is None:
+        adds_bos = model.get("tokenizer.ggml.model") == "llama"  # SentencePiece adds BOS
+    return ("" if adds_bos else bos), eos
+
+
+async def load_or_unload(
+    state: ServerState, model: str, options: Mapping[str, Any], keep_alive: float | None
+) -> str:
+    """A request with nothing to generate loads the model; with keep_alive 0 it unloads
+    it instead. Returns the done_reason to report: ``load`` or ``unload``."""
+    spec, _ = await state.model(model)
+    checked = validate_options(dict(options))
+    if keep_alive == 0:
+        await state.scheduler.unload(spec.name)
+        return "unload"
+    lease = await state.scheduler.acquire(spec, checked, keep_alive)
+    await lease.release()
+    return "load"
