@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from pollama.api import catalog, embed, generate, models, openai
+from pollama.api import anthropic, catalog, embed, generate, models, openai, responses
 from pollama.api.errors import error_body_for, message_of, status_of
 from pollama.api.security import DEFAULT_ORIGINS, HostCheck, origin_regex
 from pollama.api.state import ServerState
@@ -36,6 +36,8 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(models.router)
     app.include_router(embed.router)
     app.include_router(openai.router)
+    app.include_router(responses.router)
+    app.include_router(anthropic.router)
     # Added last = outermost: the Host check runs before anything else.
     app.add_middleware(
         CORSMiddleware,
