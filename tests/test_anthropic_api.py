@@ -169,6 +169,36 @@ def test_thinking_block_comes_first(client: anthropic.Anthropic, tool_model: str
     assert thinking.thinking.strip() not in text.text
 
 
+def test_thinking_then_an_answer_that_follows_the_schema(server: Server, tool_model: str):
+    """The model thinks freely, then its answer is held to the schema (ollama#14645)."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "colour": {"enum": ["red", "green", "blue"]},
+            "reason": {"type": "string", "maxLength": 40},
+        },
+        "required": ["colour", "reason"],
+    }
+    body = {
+        "model": tool_model,
+        "messages": QUESTION,
+        "thinking": {"type": "enabled", "budget_tokens": 12},
+        "output_config": {"format": {"type": "json_schema", "schema": schema}},
+        **SAMPLING,
+        "max_tokens": 120,
+    }
+    message = server.post("/v1/messages", body).json()
+    assert [block["type"] for block in message["content"]] == ["thinking", "text"]
+    thinking, text = message["content"]
+    assert thinking["thinking"].strip() and "{" not in thinking["thinking"]
+    answer = json.loads(text["text"])
+    assert (
+        set(answer) == {"colour", "reason"}
+        and answer["colour"] in schema["properties"]["colour"]["enum"]
+    )
+    assert message["stop_reason"] == "end_turn"
+
+
 def test_event_stream_framing(server: Server, tool_model: str):
     body = {
         "model": tool_model,
