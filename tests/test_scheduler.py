@@ -66,10 +66,15 @@ class FakeServer:
         self.closed = False
         self.ping_error: Exception | None = None
         self.memory = None
+        self.progress = 0.0
 
     @property
     def pid(self) -> int:
         return 1000 + self.factory.servers.index(self)
+
+    @property
+    def load_progress(self) -> float:
+        return self.progress
 
     @property
     def context_length(self) -> int:
@@ -534,6 +539,21 @@ def test_requests_waiting_for_a_load_count_against_max_queue() -> None:
     scenario(body, max_queue=1)
 
 
+def test_a_load_in_progress_is_listed_with_its_progress_until_it_ends() -> None:
+    async def body(w: World) -> None:
+        w.factory.gate = asyncio.Event()
+        first = asyncio.ensure_future(w.scheduler.acquire(spec("a"), {}, None))
+        await w.factory.load_started.wait()
+        [server] = w.factory.servers
+        server.progress = 0.25
+        assert w.scheduler.loading() == {"a": 0.25}
+        w.factory.gate.set()
+        await (await first).release()
+        assert w.scheduler.loading() == {}
+
+    scenario(body)
+
+
 # -- failures and shutdown ------------------------------------------------------------------
 
 
@@ -607,6 +627,73 @@ def test_running_reports_ps_rows() -> None:
         assert a.expires_at is not None and rows[0].expires_at is None
 
     scenario(body)
+
+
+# -- what metrics read ---------------------------------------------------------------------
+
+
+def observed(w: World) -> tuple[list[tuple[str, float]], list[str]]:
+    loads: list[tuple[str, float]] = []
+    restarts: list[str] = []
+    w.scheduler.on_load = lambda name, seconds: loads.append((name, seconds))
+    w.scheduler.on_restart = restarts.append
+    return loads, restarts
+
+
+def test_observers_hear_of_loads_with_their_duration() -> None:
+    async def body(w: World) -> None:
+        loads, restarts = observed(w)
+        await w.use("a")
+        await w.use("a")  # reused: no load
+        await w.use("a", {"num_ctx": 8192})  # a reload for other options: not a restart
+        assert loads == [("a", 2.0), ("a", 2.0)] and restarts == []
+
+    scenario(body)
+
+
+@pytest.mark.parametrize("death", ["exited", "failed ping"])
+def test_a_runner_reloaded_after_it_died_is_one_restart(death: str) -> None:
+    async def body(w: World) -> None:
+        loads, restarts = observed(w)
+        old = await w.use("a")
+        if death == "exited":
+            old.exited = True
+        else:
+            old.ping_error = RunnerError("connection refused")
+        await w.use("a")
+        await w.use("a")
+        assert restarts == ["a"] and len(loads) == 2
+
+    scenario(body)
+
+
+def test_a_runner_that_died_under_a_request_restarts_on_the_next_one() -> None:
+    async def body(w: World) -> None:
+        _, restarts = observed(w)
+        lease = await w.scheduler.acquire(spec("a"), {}, None)
+        server_of(lease).exited = True
+        await lease.release()  # unloaded as it ends: nothing loaded now
+        assert w.loaded() == [] and restarts == []
+        await w.use("a")
+        assert restarts == ["a"]
+
+    scenario(body)
+
+
+def test_demand_counts_running_and_waiting_requests_per_model() -> None:
+    async def body(w: World) -> None:
+        running = await w.scheduler.acquire(spec("a"), {}, None)
+        waiter = asyncio.ensure_future(w.scheduler.acquire(spec("a"), {}, None))
+        await settle()
+        assert w.scheduler.demand() == {"a": 2} and w.scheduler.waiting == 1
+        assert [r.name for r in w.scheduler.loaded()] == ["a"]
+        await running.release()
+        await (await waiter).release()
+        assert w.scheduler.demand() == {"a": 0} and w.scheduler.waiting == 0
+        server_of(running).exited = True
+        assert w.scheduler.loaded() == []
+
+    scenario(body, num_parallel=1)
 
 
 # -- parsing --------------------------------------------------------------------------------

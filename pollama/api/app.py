@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from pollama.api import anthropic, catalog, embed, generate, models, openai, responses
+from pollama.api import anthropic, catalog, embed, generate, metrics, models, openai, responses
 from pollama.api.errors import error_body_for, message_of, status_of
 from pollama.api.security import DEFAULT_ORIGINS, HostCheck, origin_regex
 from pollama.api.state import ServerState
@@ -31,6 +31,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.pollama = state
+    state.metrics.watch(state.scheduler)
     app.include_router(catalog.router)
     app.include_router(generate.router)
     app.include_router(models.router)
@@ -38,13 +39,16 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(responses.router)
     app.include_router(anthropic.router)
-    # Added last = outermost: the Host check runs before anything else.
+    app.include_router(metrics.router)
+    # Added last = outermost: the Host check runs before anything else; then every
+    # request it lets through is counted, CORS preflights included.
     app.add_middleware(
         CORSMiddleware,
         allow_origin_regex=origin_regex((*DEFAULT_ORIGINS, *state.settings.origins)),
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
         allow_headers=["*"],
     )
+    app.add_middleware(metrics.RequestMetrics, metrics=state.metrics)
     app.add_middleware(HostCheck, bound=state.settings.host)
 
     async def _error(request: Request, exc: Exception) -> JSONResponse:

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from pollama.api.metrics import Metrics
 from pollama.api.state import ServerState
 from pollama.errors import BadRequest
 from pollama.ggufmeta import GGUFModel
@@ -318,7 +319,9 @@ async def start_chat(state: ServerState, call: ChatCall) -> Run:
         await lease.release()
         raise
     tool_names = frozenset(_function(t)["name"] for t in tools or ())
-    return await _start(call, spec, lease, prompt, shape, started, tool_names, generate=False)
+    return await _start(
+        call, spec, lease, prompt, shape, started, tool_names, state.metrics, generate=False
+    )
 
 
 async def start_generate(state: ServerState, call: GenerateCall) -> Run:
@@ -353,7 +356,9 @@ async def start_generate(state: ServerState, call: GenerateCall) -> Run:
     except BaseException:
         await lease.release()
         raise
-    return await _start(call, spec, lease, prompt, shape, started, frozenset(), generate=True)
+    return await _start(
+        call, spec, lease, prompt, shape, started, frozenset(), state.metrics, generate=True
+    )
 
 
 async def _start(
@@ -364,6 +369,7 @@ async def _start(
     shape: _Shape,
     started: int,
     tool_names: frozenset[str],
+    metrics: Metrics,
     *,
     generate: bool,
 ) -> Run:
@@ -396,18 +402,24 @@ async def _start(
             tool_names=tool_names or None,
         )
     raw = generate and isinstance(call, GenerateCall) and call.raw
+    meter = metrics.completion(spec.name, started)
 
     async def events() -> AsyncIterator[Event]:
         text: list[str] = []
         calls = 0
+        answered = False  # the plain path's own flag: not even a call per token
         try:
             async for item in stream:
                 if isinstance(item, CompletionChunk):
                     text.append(item.content)
                     if parser is None:  # the hot path: plain text, one delta per chunk
+                        if not answered and item.content:
+                            meter.first_token()
+                            answered = True
                         yield Delta(content=item.content, logprobs=item.logprobs)
                         continue
                     for delta in _deltas(parser.feed(item.content), calls):
+                        meter.first_token()
                         calls += len(delta.tool_calls)
                         yield delta
                     if item.logprobs:
@@ -415,8 +427,10 @@ async def _start(
                     continue
                 if parser is not None:
                     for delta in _deltas(parser.finish(), calls):
+                        meter.first_token()
                         calls += len(delta.tool_calls)
                         yield delta
+                meter.finish(item.prompt_eval_count, item.eval_count, item.eval_duration)
                 context = None
                 if generate and not raw:
                     context = tuple(await lease.server.tokenize(prompt.text + "".join(text)))

@@ -81,6 +81,7 @@ async def embed_inputs(
     async with await state.scheduler.acquire(spec, checked, keep_alive) as lease:
         result = await lease.server.embedding(list(inputs), truncate=truncate)
         load_duration = lease.load_duration
+    state.metrics.embedded(spec.name, result.prompt_eval_count)
     return Embedded(
         vectors=tuple(tuple(v) for v in result.embeddings),
         prompt_eval_count=result.prompt_eval_count,

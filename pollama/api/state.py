@@ -1,11 +1,12 @@
-"""What every route needs: the settings, the model store and the scheduler."""
+"""What every route needs: the settings, the model store, the scheduler and the metrics."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
+from pollama.api.metrics import Metrics
 from pollama.demo import DEMO_MODEL_NAME
 from pollama.errors import ModelNotFound
 from pollama.ggufmeta import GGUFModel, read_model
@@ -22,6 +23,7 @@ class ServerState:
     settings: Settings
     store: Store
     scheduler: Scheduler
+    metrics: Metrics = field(default_factory=Metrics)
 
     async def model(self, name: str) -> tuple[ModelSpec, ResolvedModel]:
         """The stored model a request names, as the scheduler and prompt code need it.

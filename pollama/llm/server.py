@@ -53,6 +53,8 @@ from pollama.runner.protocol import (
 from pollama.settings import Settings
 
 log = logging.getLogger(__name__)
+PROGRESS_INTERVAL = 0.1
+"""Seconds between load-progress polls (a display rate, not a synchronisation)."""
 
 T = TypeVar("T")
 ClientFactory = Callable[[int], RunnerClient]
@@ -90,6 +92,7 @@ class LlamaServer:
         self._memory: BackendMemory | None = None
         self._layout = Layout()
         self._close_task: asyncio.Task[None] | None = None
+        self._load_progress = 0.0
 
     @classmethod
     async def start(
@@ -165,6 +168,11 @@ class LlamaServer:
     def layout(self) -> Layout:
         return self._layout
 
+    @property
+    def load_progress(self) -> float:
+        """0–1: how far llama.cpp has read the model's tensors (1 once loaded)."""
+        return self._load_progress
+
     def memory_size(self) -> tuple[int, int]:
         """(total, vram) in bytes; (0, 0) before ``load``."""
         return self._memory.memory_size() if self._memory else (0, 0)
@@ -195,17 +203,34 @@ class LlamaServer:
             placement.layout,
         )
         await self.wait_launched()
-        result = await load_model(
-            _CheckedLoads(self),
-            system,
-            gpus,
-            request=self._load_request,
-            layout=placement.layout,
-            memory=placement.memory,
-            policy=policy,
-        )
+        # The runner answers /load only once the tensors are read; its /health says how
+        # far it is meanwhile, for `pollama run`'s progress display.
+        watcher = asyncio.create_task(self._watch_progress())
+        try:
+            result = await load_model(
+                _CheckedLoads(self),
+                system,
+                gpus,
+                request=self._load_request,
+                layout=placement.layout,
+                memory=placement.memory,
+                policy=policy,
+            )
+        finally:
+            watcher.cancel()
         self._memory, self._layout = result.memory, result.layout
+        self._load_progress = 1.0
         return result.devices()
+
+    async def _watch_progress(self) -> None:
+        while True:
+            try:
+                health = await self._client.health()
+            except (httpx.TransportError, ProtocolError, RunnerHTTPError):
+                health = None
+            if health is not None and health.status is HealthStatus.LOADING:
+                self._load_progress = max(self._load_progress, min(health.progress, 1.0))
+            await asyncio.sleep(PROGRESS_INTERVAL)
 
     async def wait_launched(self) -> None:
         """Until the runner answers /health at all (it binds its port after starting)."""

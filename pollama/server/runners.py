@@ -86,6 +86,9 @@ class LlamaServerLike(Protocol):
     @property
     def memory(self) -> BackendMemory | None: ...
 
+    @property
+    def load_progress(self) -> float: ...
+
     async def load(
         self, system: SystemInfo, gpus: Sequence[DeviceInfo], policy: LayoutPolicy
     ) -> list[DeviceID]: ...

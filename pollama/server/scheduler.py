@@ -25,6 +25,10 @@ Rules (OLLAMA_API.md, "Scheduler behaviour", and where pollama does better):
 - When a runner's last request ends: ``keep_alive <= 0`` unloads it, otherwise
   it expires ``keep_alive`` seconds later (``expire_due``, called by a timer
   task that sleeps until the next deadline of the injected clock).
+
+Observers (``on_load``, ``on_restart``) hear of finished loads and of runners
+reloaded after they died; ``loaded()``, ``demand()`` and ``waiting`` are read at
+any time. Both serve metrics; the scheduler knows nothing of how they are kept.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -77,7 +82,13 @@ class Scheduler:
         system_probe: Callable[[], SystemInfo],
         gpu_probe: Callable[[], list[DeviceInfo]],
         clock: Callable[[], float] = time.monotonic,
+        on_load: Callable[[str, float], None] | None = None,
+        on_restart: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_load = on_load
+        """Called with (model, seconds by the clock) when a load finishes."""
+        self.on_restart = on_restart
+        """Called with the model when a runner that died or failed a ping is loaded again."""
         self._settings = settings
         self._factory = server_factory
         self._system_probe = system_probe
@@ -85,8 +96,13 @@ class Scheduler:
         self._clock = clock
         self._runners: dict[str, Runner] = {}
         self._loading: dict[str, PendingLoad] = {}
+        self._starting: dict[str, LlamaServerLike] = {}
+        """Runners whose model is being read in now, by model name (for progress)."""
         self._closing: set[asyncio.Task[None]] = set()
         self._waiting = 0
+        self._waiting_for: Counter[str] = Counter()
+        self._crashed: set[str] = set()
+        """Models whose runner died or failed a ping: their next load is a restart."""
         self._gpu_count: int | None = None
         self._load_lock = asyncio.Lock()
         self._changed = asyncio.Event()
@@ -108,6 +124,19 @@ class Scheduler:
     def waiting(self) -> int:
         """Requests waiting now, for a load or for a slot."""
         return self._waiting
+
+    def loaded(self) -> list[Runner]:
+        """The loaded runners whose process is alive (read them, never change them)."""
+        return [r for r in self._runners.values() if not r.dead()]
+
+    def demand(self) -> dict[str, int]:
+        """Requests per model now: holding a slot of its runner, or waiting for a load
+        or a slot. The request that started a load counts twice for the moment between
+        the load finishing and that request resuming."""
+        counts = Counter(self._waiting_for)
+        for runner in self._runners.values():
+            counts[runner.name] += runner.in_flight
+        return dict(counts)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -139,10 +168,10 @@ class Scheduler:
                             duration = _ns(self._clock() - started) if loaded else 0
                             return Lease(runner, self._release_slot, merged, duration)
                         continue  # it failed its ping: reload
-                    queued = self._enqueue(queued)
+                    queued = self._enqueue(queued, model.name)
                     await self._wait_for_change()
                     continue
-                queued = self._enqueue(queued)
+                queued = self._enqueue(queued, model.name)
                 loaded = True
                 pending = self._loading.get(model.name)
                 if pending is None:
@@ -153,6 +182,9 @@ class Scheduler:
         finally:
             if queued:
                 self._waiting -= 1
+                self._waiting_for[model.name] -= 1
+                if not self._waiting_for[model.name]:
+                    del self._waiting_for[model.name]
 
     async def unload(self, name: str) -> bool:
         """Unload ``name`` now, or when its running requests end; False if not loaded."""
@@ -173,6 +205,10 @@ class Scheduler:
                 rows.append((runner.remaining(now), runner.row(now, wall)))
         rows.sort(key=lambda item: item[0], reverse=True)
         return [row for _, row in rows]
+
+    def loading(self) -> dict[str, float]:
+        """Models being loaded now and how far each is (0–1), for progress displays."""
+        return {name: server.load_progress for name, server in self._starting.items()}
 
     async def expire_due(self) -> list[str]:
         """Unload every idle runner whose keep-alive has run out (by the injected
@@ -252,7 +288,7 @@ class Scheduler:
         runner.deadline = self._clock() + runner.keep_alive
         return None
 
-    def _enqueue(self, queued: bool) -> bool:
+    def _enqueue(self, queued: bool, name: str) -> bool:
         if not queued:
             if self._waiting >= self._settings.max_queue:
                 log.warning(
@@ -260,6 +296,7 @@ class Scheduler:
                 )
                 raise QueueFull()
             self._waiting += 1
+            self._waiting_for[name] += 1
         return True
 
     # -- loading ------------------------------------------------------------------------
@@ -307,6 +344,10 @@ class Scheduler:
                 runner = await self._load_runner(spec, asked, keep_alive)
                 runner.in_flight = 1  # the slot of the request that started the load
                 self._runners[spec.name] = runner
+                if spec.name in self._crashed:
+                    self._crashed.discard(spec.name)
+                    if self.on_restart is not None:
+                        self.on_restart(spec.name)
                 return runner
         finally:
             if self._loading.get(spec.name) is not None:
@@ -383,12 +424,10 @@ class Scheduler:
                     raise
                 self._unload(victim, f"making room for {spec.name}")
                 continue
-            log.info(
-                "model loaded model=%s pid=%d seconds=%.2f",
-                spec.name,
-                server.pid,
-                self._clock() - started,
-            )
+            seconds = self._clock() - started
+            log.info("model loaded model=%s pid=%d seconds=%.2f", spec.name, server.pid, seconds)
+            if self.on_load is not None:
+                self.on_load(spec.name, seconds)
             return Runner(spec, server, asked, config, keep_alive, last_used=self._clock())
 
     async def _start_server(
@@ -401,6 +440,7 @@ class Scheduler:
     ) -> LlamaServerLike:
         """A runner with the model loaded; on any failure, closed before the error goes on."""
         server = await self._factory(spec, config, gpus)
+        self._starting[spec.name] = server
         try:
             await server.load(system, gpus, policy)
             await server.wait_until_running()
@@ -411,6 +451,8 @@ class Scheduler:
             except Exception:
                 log.warning("error closing runner model=%s", spec.name, exc_info=True)
             raise
+        finally:
+            self._starting.pop(spec.name, None)
         return server
 
     def _victim(self) -> Runner | None:
@@ -423,6 +465,8 @@ class Scheduler:
         """Forget ``runner`` now and close it in a task (awaited before the next load)."""
         if self._runners.get(runner.name) is runner:
             del self._runners[runner.name]
+        if runner.dead() and not self._closed:
+            self._crashed.add(runner.name)
         log.info("unloading model=%s reason=%s pid=%d", runner.name, reason, runner.server.pid)
         task = asyncio.ensure_future(self._close(runner))
         self._closing.add(task)
