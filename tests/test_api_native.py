@@ -6,10 +6,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from serving import GREEDY, Server
 from toolmodel import WEATHER_TOOL, create_tool_model
+
+from pollama.runner.protocol import memory_from_json
 
 pytestmark = pytest.mark.llama
 
@@ -87,6 +90,28 @@ def test_errors_have_ollama_statuses(server: Server):
     )
     assert bad_option.status_code == 500
     assert bad_option.json()["error"] == 'option "stop" must be of type array'
+
+
+def test_ps_reports_what_the_runner_measured(server: Server):
+    """/api/ps's size and size_vram are the runner's measured allocations (llama.cpp's
+    own buffer sizes), not the plan the layout was made from."""
+    server.post("/api/generate", {"model": "smollm2", "prompt": "Hi", "options": GREEDY})
+    rows = {m["name"]: m for m in server.client.get("/api/ps").json()["models"]}
+    row = rows["smollm2:latest"]
+    ports = [
+        int(arg.split("=", 1)[1]) if "=" in arg else int(cmd[i + 1])
+        for pid in server.runner_pids()
+        for cmd in [psutil.Process(pid).cmdline()]
+        for i, arg in enumerate(cmd)
+        if arg.startswith("--port")
+    ]
+    measured = []
+    for port in ports:
+        reply = httpx.get(f"http://127.0.0.1:{port}/memory", timeout=30)
+        if reply.status_code == 200:
+            measured.append(memory_from_json(reply.json()).memory_size())
+    assert (row["size"], row["size_vram"]) in measured
+    assert row["size"] > 0
 
 
 def test_empty_prompt_loads_and_keep_alive_zero_unloads(server: Server):

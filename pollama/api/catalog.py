@@ -11,6 +11,7 @@ from pollama import __version__
 from pollama.api.types import (
     ListModel,
     ListResponse,
+    LoadingModel,
     ModelDetails,
     ProcessResponse,
     RunningModel,
@@ -68,5 +69,9 @@ async def ps(request: Request) -> ProcessResponse:
                 context_length=row.context_length,
             )
             for row in scheduler.running()
-        ]
+        ],
+        loading=[
+            LoadingModel(name=name, progress=progress)
+            for name, progress in scheduler.loading().items()
+        ],
     )

@@ -235,8 +235,17 @@ class RunningModel(_Response):
     context_length: int
 
 
+class LoadingModel(_Response):
+    name: str
+    progress: float
+    """0–1: how far the runner has read the model's tensors."""
+
+
 class ProcessResponse(_Response):
     models: list[RunningModel]
+    loading: list[LoadingModel] = Field(default_factory=list)
+    """pollama's addition: loads in progress (for `pollama run`'s progress display);
+    Ollama's clients ignore it."""
 
 
 class ShowRequest(_Request):

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from rich.console import Console
+
 from pollama.cli.client import Client
 from pollama.cli.format import WordWrapper, go_duration, rate
+
+SPINNER_REFRESH = 0.1
+"""Seconds between progress polls while a model loads."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +53,50 @@ def stream_reply(
     return Reply("".join(parts), final)
 
 
-def load_model(client: Client, body: Mapping[str, Any]) -> None:
+def load_model(client: Client, body: Mapping[str, Any], progress: TextIO | None = None) -> None:
     """Load a model through an empty chat (no messages), as the REPL does before its
-    first prompt; the answer is ``done_reason: load``."""
+    first prompt; the answer is ``done_reason: load``. With ``progress`` (a terminal),
+    a spinner there shows how far the runner has read the model."""
     request = {key: body[key] for key in ("model", "keep_alive", "options") if key in body}
-    with closing(client.chat({**request, "messages": []})) as records:
-        for _ in records:
-            pass
+
+    def load() -> None:
+        with closing(client.chat({**request, "messages": []})) as records:
+            for _ in records:
+                pass
+
+    if progress is None:
+        load()
+        return
+    _with_spinner(client, str(body.get("model", "")), load, progress)
+
+
+def _with_spinner(client: Client, model: str, load: Callable[[], None], out: TextIO) -> None:
+    """Run ``load`` on a worker thread while this one shows the server's load progress."""
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            load()
+        except BaseException as exc:  # handed to the caller's thread below
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    names = {model, model if ":" in model else f"{model}:latest"}
+    with Console(file=out).status(f"loading {model}") as status:
+        # A display refresh, not synchronisation: the thread's end is what we wait for.
+        while not done.wait(SPINNER_REFRESH):
+            try:
+                loading = client.loading()
+            except Exception:  # the display is best-effort; the load reports its errors
+                continue
+            fraction = next((p for name, p in loading.items() if name in names), None)
+            if fraction is not None:
+                status.update(f"loading {model} {fraction:.0%}")
+    if failure:
+        raise failure[0]
 
 
 def verbose_stats(final: Mapping[str, Any]) -> str:

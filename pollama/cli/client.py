@@ -100,6 +100,11 @@ class Client:
     def running(self) -> list[dict[str, Any]]:
         return list(self._json("GET", "/api/ps").get("models") or [])
 
+    def loading(self) -> dict[str, float]:
+        """Models being loaded now (0–1 each), from pollama's addition to ``/api/ps``."""
+        rows = self._json("GET", "/api/ps").get("loading") or []
+        return {str(r["name"]): float(r["progress"]) for r in rows if "name" in r}
+
     def show(self, model: str, *, verbose: bool = False) -> dict[str, Any]:
         return self._json("POST", "/api/show", {"model": model, "verbose": verbose})
 

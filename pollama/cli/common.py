@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 
@@ -26,3 +27,9 @@ def reporting() -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo("", err=True)
         raise typer.Exit(INTERRUPTED) from None
+
+
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is an interactive terminal (not a pipe, a file or a test buffer)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(stream is not None and isatty and isatty())

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from pollama.cli.chat import load_model, stream_reply, verbose_stats
 from pollama.cli.client import Client, ClientError
+from pollama.cli.common import is_terminal
 from pollama.cli.describe import summary
 from pollama.server.parameters import (
     OPTIONS,
@@ -135,7 +136,9 @@ class Repl:
     def start(self) -> None:
         """Look the model up and load it; ResponseError (404) if it does not exist."""
         self.info = self.client.show(self.session.model)
-        load_model(self.client, self.session.request([]))
+        load_model(
+            self.client, self.session.request([]), self.err if is_terminal(self.err) else None
+        )
 
     def run(self) -> None:
         """Read and act on lines until ``/bye`` or end of input."""

@@ -6,13 +6,13 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from pollama.cli.chat import load_model, stream_reply, verbose_stats
 from pollama.cli.client import Client, ResponseError, ensure_server
-from pollama.cli.common import reporting
+from pollama.cli.common import is_terminal, reporting
 from pollama.cli.repl import Repl, Session
 from pollama.settings import Settings
 from pollama.units import parse_duration
@@ -61,8 +61,8 @@ def run(
             wordwrap=not nowordwrap,
         )
         text = " ".join(prompt or [])
-        interactive = _is_terminal(sys.stdin) and not text
-        if not _is_terminal(sys.stdin):
+        interactive = is_terminal(sys.stdin) and not text
+        if not is_terminal(sys.stdin):
             piped = sys.stdin.read()
             text = " ".join(part for part in (piped, text) if part)
         with ensure_server(settings) as client:
@@ -91,10 +91,11 @@ def parse_keepalive(value: str | None) -> float | str | None:
 
 def _answer(client: Client, session: Session, text: str) -> None:
     """One-shot: stream the answer to stdout; with no prompt at all, just load the model."""
+    # Load first, as `ollama run` does, with a spinner on a terminal.
+    load_model(client, session.request([]), sys.stderr if is_terminal(sys.stderr) else None)
     if not text.strip():
-        load_model(client, session.request([]))
         return
-    width = _terminal_width() if session.wordwrap and _is_terminal(sys.stdout) else None
+    width = _terminal_width() if session.wordwrap and is_terminal(sys.stdout) else None
     body = session.request(session.messages_with(text))
     reply = stream_reply(client, body, sys.stdout, wrap_width=width)
     sys.stdout.write("\n")
@@ -106,7 +107,7 @@ def _answer(client: Client, session: Session, text: str) -> None:
 def _chat_session(client: Client, session: Session) -> None:
     import readline  # noqa: F401 - gives input() line editing and history
 
-    width: Callable[[], int] | None = _terminal_width if _is_terminal(sys.stdout) else None
+    width: Callable[[], int] | None = _terminal_width if is_terminal(sys.stdout) else None
     repl = Repl(client, session, read_line=input, out=sys.stdout, err=sys.stderr, width=width)
     repl.start()
     repl.run()
@@ -128,10 +129,6 @@ def _model_hint(model: str) -> Iterator[None]:
             )
             raise typer.Exit(1) from None
         raise
-
-
-def _is_terminal(stream: Any) -> bool:
-    return stream is not None and stream.isatty()
 
 
 def _terminal_width() -> int:

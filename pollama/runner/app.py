@@ -22,6 +22,7 @@ from pollama.runner.protocol import (
     EmbeddingRequest,
     LoadRequest,
     ProtocolError,
+    memory_to_json,
 )
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,14 @@ def create_app(engine: Engine) -> FastAPI:
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
         return engine.stats().to_json()
+
+    @app.get("/memory")
+    async def memory() -> JSONResponse:
+        """The loaded model's measured memory: what the server reports in /api/ps."""
+        measured = engine.memory()
+        if measured is None:
+            return JSONResponse({"error": "no model loaded"}, status_code=404)
+        return JSONResponse(memory_to_json(measured))
 
     @app.get("/info")
     async def info() -> dict[str, Any]:

@@ -196,6 +196,11 @@ class Engine:
             status = HealthStatus.NO_SLOTS
         return Health(status, self._progress, self._error)
 
+    def memory(self) -> BackendMemory | None:
+        """What the loaded model's buffers measured when llama.cpp allocated them."""
+        loaded = self._loaded
+        return loaded.memory if loaded is not None else None
+
     def stats(self) -> RunnerStats:
         counts = dict(self._seqs_per_step)
         return RunnerStats(
