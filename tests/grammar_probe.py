@@ -30,6 +30,9 @@ from typing import Any
 
 import llama_cpp as L
 
+from pollama.runner.llama import SlotSampler, Threadpool, Vocab
+from pollama.runner.protocol import SamplingOptions
+
 
 class Probe:
     def __init__(self, model_path: str) -> None:
@@ -103,27 +106,27 @@ class Probe:
             params.n_batch = 512
             params.n_threads = params.n_threads_batch = 2
             self.ctx = L.llama_init_from_model(self.model, params)
+            # Workers that sleep between decodes, as in the runner: spinning ones crawl
+            # when the machine is busy with other tests.
+            self.threadpool = Threadpool.create(2)
+            if self.threadpool is not None:
+                self.threadpool.attach(self.ctx)
         L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
-        grammar_sampler = self.grammar(grammar)
-        if not grammar_sampler:
-            return {"error": "grammar does not parse"}
-        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        for sampler in (
-            grammar_sampler,  # first, so the others only ever see tokens it allows
-            L.llama_sampler_init_top_k(40),
-            L.llama_sampler_init_temp(0.8),
-            L.llama_sampler_init_dist(seed),
-        ):
-            L.llama_sampler_chain_add(chain, sampler)
+        tokens = self.tokenize(prompt, special=True)
+        # The runner's own sampler: the chain draws, the grammar checks that token and
+        # filters the whole vocabulary only when it refuses it.
+        options = SamplingOptions(temperature=0.8, top_k=40, seed=seed)
         try:
-            tokens = self.tokenize(prompt, special=True)
+            sampler = SlotSampler(Vocab(self.model), options, tokens, 1024, grammar=grammar)
+        except ValueError:
+            return {"error": "grammar does not parse"}
+        try:
             batch = (L.llama_token * len(tokens))(*tokens)
             if L.llama_decode(self.ctx, L.llama_batch_get_one(batch, len(tokens))) != 0:
                 return {"error": "decode failed"}
             out = b""
             for _ in range(max_tokens):
-                # llama_sampler_sample also accepts the token into every sampler.
-                token = L.llama_sampler_sample(chain, self.ctx, -1)
+                token = sampler.sample(self.ctx, -1)
                 if L.llama_vocab_is_eog(self.vocab, token):
                     return {"text": out.decode(errors="replace"), "stop": "eog"}
                 out += self.piece(token)
@@ -132,7 +135,7 @@ class Probe:
                     return {"error": "decode failed"}
             return {"text": out.decode(errors="replace"), "stop": "length"}
         finally:
-            L.llama_sampler_free(chain)
+            sampler.free()
 
 
 def main() -> None:

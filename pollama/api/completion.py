@@ -447,7 +447,13 @@ async def _start(
                     context=context,
                 )
         finally:
-            await lease.release()
+            # A client that went away closes us: close the runner's stream now (the
+            # runner stops generating when its connection drops), not whenever the
+            # generator is collected, and only then give the slot back.
+            try:
+                await stream.aclose()
+            finally:
+                await lease.release()
 
     return Run(model=call.model, events=events())
 
