@@ -82,6 +82,26 @@ class RawEngine:
             L.llama_sampler_free(chain)
         return self.n_seq * tokens / elapsed
 
+    def prompt_rate(self, text: str) -> float:
+        """Prompt tokens per second: ``text`` evaluated from an empty cache in batches of
+        the context's 512, logits for the last position only, then one token sampled
+        greedily (a request with ``max_tokens`` 1)."""
+        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
+        tokens = self.vocab.tokenize(text)
+        chain = llama.sampler_chain(self.vocab, SamplingOptions(temperature=0), tokens, 0)
+        batch = self.batch
+        started = time.perf_counter()
+        for start in range(0, len(tokens), batch.capacity):
+            batch.clear()
+            for pos in range(start, min(start + batch.capacity, len(tokens))):
+                index = batch.add(tokens[pos], pos, 0, pos == len(tokens) - 1)
+            if batch.decode(self.ctx) != 0:
+                raise RuntimeError("llama_decode failed")
+        L.llama_sampler_sample(chain, self.ctx, index)
+        elapsed = time.perf_counter() - started
+        L.llama_sampler_free(chain)
+        return len(tokens) / elapsed
+
     def close(self) -> None:
         self.batch.free()
         L.llama_free(self.ctx)

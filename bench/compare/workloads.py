@@ -1,0 +1,202 @@
+"""What is measured against one running server, and on the raw engine.
+
+Each workload returns the figures it measured, keyed as in ``stats.metrics``.
+Prompts are deterministic; the long ones start with a salt (the run and the
+server) so no cache carries over from an earlier request — except where reusing
+it is the point (the chat's second turn).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bench.compare.client import Streamed, chat_once, post_json, stream_chat
+from bench.compare.servers import Config, Instance
+from bench.compare.stats import percentile
+
+DECODE_PROMPT = "Write a long story about a lighthouse keeper and a storm."
+CHAT_QUESTION = "Summarize the rules above in one sentence."
+CHAT_FOLLOW_UP = "Which rule matters most, and why?"
+
+_WORDS = (
+    "the keeper lamp harbour storm ship light tower wave night signal sea rock coast "
+    "wind rope bell log watch boat chart star tide cliff fog horn island beacon "
+    "captain crew sail north south east west morning evening careful always never "
+    "report check clean repair record open close before after during every each"
+).split()
+
+
+def long_text(words: int, salt: str) -> str:
+    """About ``words`` words of rule-like sentences, the same for the same salt
+    (which opens the text, so two salts share no prefix)."""
+    rng = random.Random(salt)
+    sentences = [f"Document {salt}."]
+    count = 0
+    rule = 1
+    while count < words:
+        length = rng.randint(8, 16)
+        body = " ".join(rng.choice(_WORDS) for _ in range(length))
+        sentences.append(f"Rule {rule}: {body.capitalize()}.")
+        count += length + 2
+        rule += 1
+    return " ".join(sentences)
+
+
+# About 1,000 tokens for SmolLM2's tokenizer (measured: 1.3 tokens per word here).
+LONG_WORDS = 760
+
+
+def embedding_inputs(count: int = 64) -> list[str]:
+    rng = random.Random("embeddings")
+    return [
+        " ".join(rng.choice(_WORDS) for _ in range(rng.randint(8, 16))).capitalize() + "."
+        for _ in range(count)
+    ]
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+def warm_up(instance: Instance) -> None:
+    """A few tokens, so the first measured request finds everything paged in."""
+    stream_chat(
+        instance.url,
+        instance.request(
+            messages=[{"role": "user", "content": DECODE_PROMPT}], max_tokens=8, temperature=0
+        ),
+    )
+
+
+def decode_request(instance: Instance, tokens: int) -> dict[str, Any]:
+    return instance.request(
+        messages=[{"role": "user", "content": DECODE_PROMPT}],
+        max_tokens=tokens,
+        temperature=0,
+        seed=0,
+        stream_options={"include_usage": True},
+    )
+
+
+def decode(instance: Instance, tokens: int) -> dict[str, float]:
+    """Single-stream greedy decode: tokens/s first content to last, and TTFT."""
+    done = stream_chat(instance.url, decode_request(instance, tokens))
+    return {
+        "decode_tps": done.decode_rate,
+        "ttft_ms": _ms(done.ttft),
+        "decode_tokens": done.completion_tokens,
+    }
+
+
+def prompt_eval(instance: Instance, salt: str) -> dict[str, float]:
+    """A fresh ~1,000-token prompt with ``max_tokens`` 1: prompt tokens ÷ request time."""
+    body = instance.request(
+        messages=[{"role": "user", "content": long_text(LONG_WORDS, salt)}],
+        max_tokens=1,
+        temperature=0,
+    )
+    elapsed, reply = chat_once(instance.url, body)
+    prompt_tokens = int(reply["usage"]["prompt_tokens"])
+    return {"prompt_tps": prompt_tokens / elapsed, "prompt_tokens": prompt_tokens}
+
+
+def chat(instance: Instance, salt: str, reply_tokens: int = 32) -> dict[str, float]:
+    """Two turns under one long system prompt: TTFT of each (the second can reuse the
+    first's prefix from the cache)."""
+    messages: list[dict[str, str]] = [
+        {"role": "system", "content": long_text(LONG_WORDS, f"system {salt}")},
+        {"role": "user", "content": CHAT_QUESTION},
+    ]
+
+    def turn() -> Streamed:
+        body = instance.request(messages=messages, max_tokens=reply_tokens, temperature=0)
+        return stream_chat(instance.url, body)
+
+    first = turn()
+    messages += [
+        {"role": "assistant", "content": first.content},
+        {"role": "user", "content": CHAT_FOLLOW_UP},
+    ]
+    second = turn()
+    return {
+        "chat_ttft1_ms": _ms(first.ttft),
+        "chat_ttft2_ms": _ms(second.ttft),
+        "chat_turn2_ratio": second.ttft / first.ttft,
+    }
+
+
+def embeddings(instance: Instance, count: int = 64) -> dict[str, float]:
+    """``count`` inputs in one ``/v1/embeddings`` request vs one request each, in turn."""
+    inputs = embedding_inputs(count)
+
+    def embed(batch: list[str]) -> None:
+        reply = post_json(instance.url, "/v1/embeddings", instance.request(input=batch))
+        if len(reply["data"]) != len(batch):
+            raise RuntimeError(f"{len(reply['data'])} embeddings for {len(batch)} inputs")
+
+    embed(inputs[:2])  # warm-up: the embedding context may be made on first use
+    started = time.perf_counter()
+    for text in inputs:
+        embed([text])
+    separate = time.perf_counter() - started
+    started = time.perf_counter()
+    embed(inputs)
+    batched = time.perf_counter() - started
+    return {
+        "embed_batch_ips": count / batched,
+        "embed_single_ips": count / separate,
+        "embed_speedup": separate / batched,
+    }
+
+
+def concurrency(instance: Instance, clients: int, requests: int, tokens: int) -> dict[str, float]:
+    """``clients`` threads, each sending its share of ``requests`` (at least one)
+    back to back: aggregate completion tokens/s over the wall time, request latency."""
+    per_client = max(1, -(-requests // clients))
+    body = decode_request(instance, tokens)
+
+    def client(_: int) -> list[Streamed]:
+        return [stream_chat(instance.url, body) for _ in range(per_client)]
+
+    started = time.perf_counter()
+    pool = ThreadPoolExecutor(clients)
+    try:
+        done = [s for streams in pool.map(client, range(clients)) for s in streams]
+    finally:
+        # Interrupted (SIGTERM), leave the clients: stopping the server ends their reads.
+        pool.shutdown(wait=False, cancel_futures=True)
+    wall = time.perf_counter() - started
+    latencies = [_ms(s.latency) for s in done]
+    return {
+        f"agg_tps_c{clients}": sum(s.completion_tokens for s in done) / wall,
+        f"p50_ms_c{clients}": percentile(latencies, 50),
+        f"p99_ms_c{clients}": percentile(latencies, 99),
+        f"tokens_c{clients}": statistics.mean(s.completion_tokens for s in done),
+    }
+
+
+def raw_engine(config: Config, tokens: int, salt: str) -> dict[str, float]:
+    """The ceiling: ``bench.raw``'s loop in this process, greedy like the servers."""
+    from bench.raw import RawEngine
+    from pollama.runner.protocol import SamplingOptions
+
+    greedy = SamplingOptions(temperature=0, repeat_penalty=1.0)
+    engine = RawEngine.open(config.model, num_ctx=config.num_ctx, n_seq=1, threads=config.threads)
+    try:
+        engine.decode_rate(_RAW_PROMPT, greedy, 16)  # warm-up
+        decode_tps = engine.decode_rate(_RAW_PROMPT, greedy, tokens)
+        prompt_tps = engine.prompt_rate(long_text(LONG_WORDS, salt))
+    finally:
+        engine.close()
+    return {"decode_tps": decode_tps, "prompt_tps": prompt_tps}
+
+
+# The decode prompt as SmolLM2's chat template renders it for the servers.
+_RAW_PROMPT = (
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    f"<|im_end|>\n<|im_start|>user\n{DECODE_PROMPT}<|im_end|>\n<|im_start|>assistant\n"
+)
