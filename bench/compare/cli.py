@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -192,6 +193,8 @@ class Session:
         self.config = Config(Path(args.model), args.threads, args.ctx)
         self.notes: list[str] = []
         self.tree_cpu = 0.0
+        self.ceiling: workloads.Ceiling | None = None
+        """The raw engine, measured back to back with every server (when both are asked)."""
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -225,8 +228,8 @@ class Session:
                     self.attempt(what, server.name, into, work)
 
                 workloads.warm_up(instance)
-                attempt("decode", lambda: workloads.decode(instance, args.tokens))
-                attempt("prompt", lambda: workloads.prompt_eval(instance, salt))
+                attempt("decode", lambda: workloads.decode(instance, args.tokens, self.ceiling))
+                attempt("prompt", lambda: workloads.prompt_eval(instance, salt, self.ceiling))
                 attempt("chat", lambda: workloads.chat(instance, salt))
                 instance.tree.sample()
                 into["rss_mib"] = instance.tree.peak / 2**20
@@ -270,7 +273,11 @@ class Session:
         return workloads.concurrency(instance, clients, self.args.requests, self.args.tokens)
 
     def run(self, index: int) -> dict[str, Figures]:
-        names = [s for s in stats.SERVERS if s in self.args.servers]
+        names = [s for s in stats.SERVERS if s in self.servers]
+        if not names and stats.RAW in self.args.servers:
+            names = [stats.RAW]  # the raw engine alone gets a turn of its own
+        if not names:
+            raise SystemExit("nothing to measure")
         shift = index % len(names)
         order = names[shift:] + names[:shift]
         print(f"run {index + 1}/{self.args.runs}: {' → '.join(order)} (load {_load()})")
@@ -292,6 +299,14 @@ class Session:
                     f"{name}: run {index + 1} kept despite other processes using "
                     f"{figures[name]['other_cpu']:.2f} cores during it"
                 )
+        if self.ceiling is not None:
+            # The raw engine's figures: those measured beside every server in this run.
+            raw: Figures = {}
+            for key in ("decode_tps", "prompt_tps"):
+                values = [f[f"raw_{key}"] for f in figures.values() if f"raw_{key}" in f]
+                if values:
+                    raw[key] = statistics.median(values)
+            figures[stats.RAW] = raw
         return figures
 
     def turn(self, name: str, index: int) -> Figures:
@@ -409,7 +424,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         for text in notes:
             session.note(text)
         before = _load()
-        runs = [session.run(i) for i in range(args.runs)]
+        if stats.RAW in args.servers and servers:
+            session.ceiling = workloads.Ceiling(session.config)
+        try:
+            runs = [session.run(i) for i in range(args.runs)]
+        finally:
+            if session.ceiling is not None:
+                session.ceiling.close()
         info["load average (1/5/15 min)"] = f"before {before} / after {_load()}"
         session.token_notes(runs)
         if args.quick:

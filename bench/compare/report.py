@@ -12,7 +12,7 @@ from bench.compare.stats import (
     Runs,
     Verdict,
     median_of,
-    paired_ratio,
+    ratio,
 )
 
 BEGIN = "<!-- compare:begin -->"
@@ -51,7 +51,7 @@ def render_table(runs: Runs, rows: Sequence[Metric], subject: str = POLLAMA) -> 
         cells = [metric.label, metric.unit]
         cells += [_number(m, metric.digits) for m in medians]
         if metric.paired:
-            cells += [_ratio(paired_ratio(runs, subject, p, metric.key)) for p in peers]
+            cells += [_ratio(ratio(runs, subject, p, metric)) for p in peers]
         else:
             cells += [""] * len(peers)
         lines.append("| " + " | ".join(cells) + " |")
@@ -59,7 +59,7 @@ def render_table(runs: Runs, rows: Sequence[Metric], subject: str = POLLAMA) -> 
 
 
 def render_ceiling(runs: Runs, rows: Sequence[Metric]) -> str:
-    """Every server's per-run ratio to the raw engine, for the metrics it measures."""
+    """Every server's ratio to the raw engine, for the metrics the raw engine measures."""
     servers = [s for s in servers_in(runs) if s != RAW]
     measured = [m for m in rows if m.paired and median_of(runs, RAW, m.key) is not None]
     if not measured or not servers:
@@ -69,7 +69,7 @@ def render_ceiling(runs: Runs, rows: Sequence[Metric]) -> str:
         "|---|" + "---:|" * len(servers),
     ]
     for metric in measured:
-        cells = [_ratio(paired_ratio(runs, s, RAW, metric.key)) for s in servers]
+        cells = [_ratio(ratio(runs, s, RAW, metric)) for s in servers]
         lines.append(f"| {metric.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -99,8 +99,11 @@ HTTP by a client on `http.client` streaming OpenAI's `/v1/chat/completions` (and
 `finish_reason: length`). One server runs at a time; each run visits every
 server in turn (the order rotates between runs), and every ratio is taken run by
 run, then its median reported — so background load drifting between runs
-cancels out of the ratios. The raw engine is `bench/raw.py`'s llama.cpp loop in
-the benchmark process: the ceiling for decode and prompt evaluation.
+cancels out of the ratios. The raw engine, the ceiling for decode and prompt
+evaluation, is `bench/raw.py`'s llama.cpp loop in the benchmark process: kept
+loaded, it runs right after each server's decode request (three pairs per turn)
+and prompt evaluation, while that server idles, and each server's ratio to it is
+taken pair by pair within the turn (its column: the median of those runs).
 
 - **pollama**: `python -m pollama serve`, an empty temporary store,
   `OLLAMA_NUM_PARALLEL` = the clients under test (restarted per level).

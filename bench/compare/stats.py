@@ -35,14 +35,19 @@ class Metric:
     digits: int = 1
     paired: bool = True
     """Whether ratios between servers mean anything (not for the machine's background)."""
+    vs_raw: str | None = None
+    """The key of a ratio to the raw engine measured within each server's turn, back to
+    back with the server's own figure: the ratio to use in place of pairing turns."""
 
 
 def metrics(levels: Iterable[int]) -> list[Metric]:
     """Every row of the table, in order, for the given concurrency levels."""
     rows = [
-        Metric("decode_tps", "single-stream decode", "tok/s", True),
+        Metric("decode_tps", "single-stream decode", "tok/s", True, vs_raw="decode_vs_raw"),
         Metric("ttft_ms", "time to first token, short prompt", "ms", False, 0),
-        Metric("prompt_tps", "prompt evaluation, ~1,000 tokens", "tok/s", True),
+        Metric(
+            "prompt_tps", "prompt evaluation, ~1,000 tokens", "tok/s", True, vs_raw="prompt_vs_raw"
+        ),
     ]
     for c in levels:
         clients = f"{c} client{'s' if c != 1 else ''}"
@@ -105,6 +110,16 @@ def paired_ratio(runs: Runs, server: str, peer: str, metric: str) -> float | Non
     return statistics.median(ratios) if ratios else None
 
 
+def ratio(runs: Runs, server: str, peer: str, metric: Metric) -> float | None:
+    """``server ÷ peer`` for ``metric``: against the raw engine, the ratio measured back
+    to back within the server's turns when there is one; else paired by run."""
+    if peer == RAW and metric.vs_raw is not None:
+        within = median_of(runs, server, metric.vs_raw)
+        if within is not None:
+            return within
+    return paired_ratio(runs, server, peer, metric.key)
+
+
 @dataclass(frozen=True)
 class Target:
     """``server``'s ``metric`` (÷ ``peer``'s in the same run, when there is a peer)
@@ -162,7 +177,7 @@ class Verdict:
 
 
 TARGETS = (
-    Target("single-stream decode ÷ raw engine", "decode_tps", ">=", 0.97, peer=RAW),
+    Target("single-stream decode ÷ raw engine (back to back)", "decode_vs_raw", ">=", 0.97),
     Target("aggregate at 4 clients ÷ llama-server", "agg_tps_c4", ">=", 1.0, peer=LLAMA_SERVER),
     Target(
         "aggregate at 4 clients ÷ llama-cpp-python server",

@@ -82,18 +82,63 @@ def decode_request(instance: Instance, tokens: int) -> dict[str, Any]:
     )
 
 
-def decode(instance: Instance, tokens: int) -> dict[str, float]:
-    """Single-stream greedy decode: tokens/s first content to last, and TTFT."""
-    done = stream_chat(instance.url, decode_request(instance, tokens))
-    return {
-        "decode_tps": done.decode_rate,
-        "ttft_ms": _ms(done.ttft),
-        "decode_tokens": done.completion_tokens,
+class Ceiling:
+    """The raw engine (``bench.raw``'s loop, greedy like the servers) kept open in this
+    process, so each server's figure can be paired with one measured right beside it
+    — the machine's speed drifts by tens of percent within minutes."""
+
+    def __init__(self, config: Config) -> None:
+        from bench.raw import RawEngine
+        from pollama.runner.protocol import SamplingOptions
+
+        self._greedy = SamplingOptions(temperature=0, repeat_penalty=1.0)
+        self._engine = RawEngine.open(
+            config.model, num_ctx=config.num_ctx, n_seq=1, threads=config.threads
+        )
+        self._engine.decode_rate(_RAW_PROMPT, self._greedy, 16)  # warm-up
+
+    def decode_tps(self, tokens: int) -> float:
+        time.sleep(_SETTLE)
+        return self._engine.decode_rate(_RAW_PROMPT, self._greedy, tokens)
+
+    def prompt_tps(self, salt: str) -> float:
+        time.sleep(_SETTLE)
+        return self._engine.prompt_rate(long_text(LONG_WORDS, salt))
+
+    def close(self) -> None:
+        self._engine.close()
+
+
+# A server's compute threads may spin a moment after its reply before they sleep.
+_SETTLE = 0.2
+
+
+def decode(
+    instance: Instance, tokens: int, ceiling: Ceiling | None = None, pairs: int = 3
+) -> dict[str, float]:
+    """Single-stream greedy decode, ``pairs`` times (each followed by the raw engine's,
+    when there is one): tokens/s first content to last, TTFT, medians."""
+    served: list[Streamed] = []
+    raw: list[float] = []
+    for _ in range(pairs):
+        served.append(stream_chat(instance.url, decode_request(instance, tokens)))
+        if ceiling is not None:
+            raw.append(ceiling.decode_tps(tokens))
+    rates = [s.decode_rate for s in served]
+    figures = {
+        "decode_tps": statistics.median(rates),
+        "ttft_ms": _ms(statistics.median(s.ttft for s in served)),
+        "decode_tokens": min(s.completion_tokens for s in served),
     }
+    if raw:
+        figures["raw_decode_tps"] = statistics.median(raw)
+        figures["decode_vs_raw"] = statistics.median(s / r for s, r in zip(rates, raw, strict=True))
+    return figures
 
 
-def prompt_eval(instance: Instance, salt: str) -> dict[str, float]:
-    """A fresh ~1,000-token prompt with ``max_tokens`` 1: prompt tokens ÷ request time."""
+def prompt_eval(instance: Instance, salt: str, ceiling: Ceiling | None = None) -> dict[str, float]:
+    """A fresh ~1,000-token prompt with ``max_tokens`` 1: prompt tokens ÷ request time
+    (then the raw engine on another fresh prompt of the same length, when there is one)."""
     body = instance.request(
         messages=[{"role": "user", "content": long_text(LONG_WORDS, salt)}],
         max_tokens=1,
@@ -101,7 +146,11 @@ def prompt_eval(instance: Instance, salt: str) -> dict[str, float]:
     )
     elapsed, reply = chat_once(instance.url, body)
     prompt_tokens = int(reply["usage"]["prompt_tokens"])
-    return {"prompt_tps": prompt_tokens / elapsed, "prompt_tokens": prompt_tokens}
+    figures = {"prompt_tps": prompt_tokens / elapsed, "prompt_tokens": prompt_tokens}
+    if ceiling is not None:
+        figures["raw_prompt_tps"] = ceiling.prompt_tps(f"raw {salt}")
+        figures["prompt_vs_raw"] = figures["prompt_tps"] / figures["raw_prompt_tps"]
+    return figures
 
 
 def chat(instance: Instance, salt: str, reply_tokens: int = 32) -> dict[str, float]:
@@ -180,19 +229,12 @@ def concurrency(instance: Instance, clients: int, requests: int, tokens: int) ->
 
 
 def raw_engine(config: Config, tokens: int, salt: str) -> dict[str, float]:
-    """The ceiling: ``bench.raw``'s loop in this process, greedy like the servers."""
-    from bench.raw import RawEngine
-    from pollama.runner.protocol import SamplingOptions
-
-    greedy = SamplingOptions(temperature=0, repeat_penalty=1.0)
-    engine = RawEngine.open(config.model, num_ctx=config.num_ctx, n_seq=1, threads=config.threads)
+    """The raw engine on its own (when no server is measured)."""
+    ceiling = Ceiling(config)
     try:
-        engine.decode_rate(_RAW_PROMPT, greedy, 16)  # warm-up
-        decode_tps = engine.decode_rate(_RAW_PROMPT, greedy, tokens)
-        prompt_tps = engine.prompt_rate(long_text(LONG_WORDS, salt))
+        return {"decode_tps": ceiling.decode_tps(tokens), "prompt_tps": ceiling.prompt_tps(salt)}
     finally:
-        engine.close()
-    return {"decode_tps": decode_tps, "prompt_tps": prompt_tps}
+        ceiling.close()
 
 
 # The decode prompt as SmolLM2's chat template renders it for the servers.
