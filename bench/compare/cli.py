@@ -216,46 +216,40 @@ class Session:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
         print(f"  {server:17} {what:12} {time.perf_counter() - started:6.1f}s  {shown}")
 
-    def measure_server(self, server: Server, salt: str) -> Figures:
+    def stages(self) -> list[str]:
+        """A run's stages, in order; every server takes its turn at a stage before the
+        next stage begins, so the figures compared are measured minutes apart at most."""
+        names = ["single", "embeddings"]
+        return names + [f"clients {c}" for c in self.args.levels if c != 1]
+
+    def stage(self, server: Server, stage: str, salt: str) -> Figures:
+        """One server's turn at one stage, on a server started for it."""
         args = self.args
-        figures: Figures = {}
+        into: Figures = {}
 
-        def single() -> Figures:
+        def attempt(what: str, work: Callable[[], Figures]) -> None:
+            self.attempt(what, server.name, into, work)
+
+        if stage == "single":
             with self._running(server, parallel=1) as instance:
-                into: Figures = {"load_s": instance.load_s}
-
-                def attempt(what: str, work: Callable[[], Figures]) -> None:
-                    self.attempt(what, server.name, into, work)
-
+                into["load_s"] = instance.load_s
                 workloads.warm_up(instance)
                 attempt("decode", lambda: workloads.decode(instance, args.tokens, self.ceiling))
                 attempt("prompt", lambda: workloads.prompt_eval(instance, salt, self.ceiling))
                 attempt("chat", lambda: workloads.chat(instance, salt))
                 instance.tree.sample()
                 into["rss_mib"] = instance.tree.peak / 2**20
-                if not server.embeddings_separately:
-                    attempt("embeddings", lambda: workloads.embeddings(instance))
                 if 1 in args.levels:
                     attempt("clients 1", lambda: self._clients(instance, 1))
-            return into
-
-        self.attempt("single", server.name, figures, single)
-        if server.embeddings_separately:
-
-            def embed() -> Figures:
-                with self._running(server, embeddings=True) as instance:
-                    return workloads.embeddings(instance)
-
-            self.attempt("embeddings", server.name, figures, embed)
-        for clients in (c for c in args.levels if c != 1):
-
-            def level(clients: int = clients) -> Figures:
-                with self._running(server, parallel=clients) as instance:
-                    workloads.warm_up(instance)
-                    return self._clients(instance, clients)
-
-            self.attempt(f"clients {clients}", server.name, figures, level)
-        return figures
+        elif stage == "embeddings":
+            with self._running(server, embeddings=True) as instance:
+                attempt("embeddings", lambda: workloads.embeddings(instance))
+        else:
+            clients = int(stage.split()[1])
+            with self._running(server, parallel=clients) as instance:
+                workloads.warm_up(instance)
+                attempt(stage, lambda: self._clients(instance, clients))
+        return into
 
     @contextmanager
     def _running(self, server: Server, **how: Any) -> Iterator[Instance]:
@@ -274,34 +268,25 @@ class Session:
 
     def run(self, index: int) -> dict[str, Figures]:
         names = [s for s in stats.SERVERS if s in self.servers]
-        if not names and stats.RAW in self.args.servers:
-            names = [stats.RAW]  # the raw engine alone gets a turn of its own
         if not names:
-            raise SystemExit("nothing to measure")
+            if stats.RAW not in self.args.servers:
+                raise SystemExit("nothing to measure")
+            # The raw engine alone.
+            salt = f"run {index} raw {time.time_ns()}"
+            raw = workloads.raw_engine(self.config, self.args.tokens, salt)
+            return {stats.RAW: raw}
         shift = index % len(names)
         order = names[shift:] + names[:shift]
         print(f"run {index + 1}/{self.args.runs}: {' → '.join(order)} (load {_load()})")
-        figures: dict[str, Figures] = {}
-        for name in order:
-            if name != stats.RAW and name not in self.servers:
-                continue
-            for attempt in range(1 + self.args.retries):
-                self.wait_for_quiet()
-                figures[name] = self.turn(name, index)
-                other = figures[name]["other_cpu"]
-                print(f"  {name:17} other processes used {other:.2f} cores")
-                if other <= self.args.max_other_cpu:
-                    break
-                if attempt < self.args.retries:
-                    print(f"  {name:17} disturbed: measuring it again")
-            else:
-                self.note(
-                    f"{name}: run {index + 1} kept despite other processes using "
-                    f"{figures[name]['other_cpu']:.2f} cores during it"
-                )
+        figures: dict[str, Figures] = {name: {} for name in order}
+        for stage in self.stages():
+            for name in order:
+                got = self.turn(name, stage, index)
+                other = max(figures[name].get("other_cpu", 0.0), got.pop("other_cpu"))
+                figures[name].update(got, other_cpu=other)
         if self.ceiling is not None:
             # The raw engine's figures: those measured beside every server in this run.
-            raw: Figures = {}
+            raw = {}
             for key in ("decode_tps", "prompt_tps"):
                 values = [f[f"raw_{key}"] for f in figures.values() if f"raw_{key}" in f]
                 if values:
@@ -309,23 +294,29 @@ class Session:
             figures[stats.RAW] = raw
         return figures
 
-    def turn(self, name: str, index: int) -> Figures:
-        """One server's turn in a run, with the cores other processes kept busy meanwhile."""
-        salt = f"run {index} {name} {time.time_ns()}"
-        started, busy, own = time.perf_counter(), _busy_cpu(), _own_cpu()
-        self.tree_cpu = 0.0
-        figures: Figures = {}
-        if name == stats.RAW:
-            self.attempt(
-                "raw engine",
-                name,
-                figures,
-                lambda: workloads.raw_engine(self.config, self.args.tokens, salt),
-            )
+    def turn(self, name: str, stage: str, index: int) -> Figures:
+        """One server's turn at a stage: after waiting for a quiet machine, and again
+        (``--retries``) when other processes kept more than ``--max-other-cpu`` cores
+        busy meanwhile. ``other_cpu`` is the most they kept busy over the server's turns."""
+        for attempt in range(1 + self.args.retries):
+            self.wait_for_quiet()
+            salt = f"run {index} {name} {time.time_ns()}"
+            started, busy, own = time.perf_counter(), _busy_cpu(), _own_cpu()
+            self.tree_cpu = 0.0
+            figures = self.stage(self.servers[name], stage, salt)
+            others = (_busy_cpu() - busy) - (_own_cpu() - own) - self.tree_cpu
+            other = max(others, 0.0) / (time.perf_counter() - started)
+            print(f"  {name:17} {stage:12} others used {other:.2f} cores")
+            if other <= self.args.max_other_cpu:
+                break
+            if attempt < self.args.retries:
+                print(f"  {name:17} {stage:12} disturbed: measuring it again")
         else:
-            figures = self.measure_server(self.servers[name], salt)
-        others = (_busy_cpu() - busy) - (_own_cpu() - own) - self.tree_cpu
-        figures["other_cpu"] = max(others, 0.0) / (time.perf_counter() - started)
+            self.note(
+                f"{name}: {stage} of run {index + 1} kept although other processes "
+                f"used {other:.2f} cores during it"
+            )
+        figures["other_cpu"] = other
         return figures
 
     def wait_for_quiet(self, window: float = 3.0) -> None:

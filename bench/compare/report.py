@@ -96,14 +96,16 @@ the same thread count and context per sequence, and measured end to end over
 HTTP by a client on `http.client` streaming OpenAI's `/v1/chat/completions` (and
 `/v1/embeddings`), the one API all three speak. Decoding is greedy (temperature
 0) from a fixed prompt; token counts come from the server's reported usage (or
-`finish_reason: length`). One server runs at a time; each run visits every
-server in turn (the order rotates between runs), and every ratio is taken run by
-run, then its median reported — so background load drifting between runs
-cancels out of the ratios. The raw engine, the ceiling for decode and prompt
-evaluation, is `bench/raw.py`'s llama.cpp loop in the benchmark process: kept
-loaded, it runs right after each server's decode request (three pairs per turn)
-and prompt evaluation, while that server idles, and each server's ratio to it is
-taken pair by pair within the turn (its column: the median of those runs).
+`finish_reason: length`). One server runs at a time, started afresh for each
+stage of a run (single stream; embeddings; each concurrency level); every server
+takes its turn at a stage before the next stage begins (the order rotates
+between runs), and every ratio is taken run by run, then its median reported —
+so the machine's speed drifting between runs cancels out of the ratios. The raw
+engine, the ceiling for decode and prompt evaluation, is `bench/raw.py`'s
+llama.cpp loop in the benchmark process: kept loaded, it runs right after each
+server's decode request (three pairs per turn) and prompt evaluation, while that
+server idles, and each server's ratio to it is taken pair by pair within the
+turn (its column: the median of those runs).
 
 - **pollama**: `python -m pollama serve`, an empty temporary store,
   `OLLAMA_NUM_PARALLEL` = the clients under test (restarted per level).

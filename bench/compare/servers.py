@@ -46,8 +46,6 @@ class Server:
     """One kind of server: its command line, and what its requests carry besides."""
 
     name: str
-    embeddings_separately: bool
-    """Whether embeddings need an instance of their own (started with a flag)."""
 
     def command(
         self, config: Config, *, port: int, parallel: int, embeddings: bool, home: Path
@@ -61,8 +59,9 @@ class Server:
 
 @dataclass(frozen=True)
 class Pollama(Server):
+    """Embeddings need no flag: the runner makes an embedding context on first use."""
+
     name: str = POLLAMA
-    embeddings_separately: bool = False
 
     def command(
         self, config: Config, *, port: int, parallel: int, embeddings: bool, home: Path
@@ -85,7 +84,6 @@ class Pollama(Server):
 @dataclass(frozen=True)
 class LlamaCppPython(Server):
     name: str = LLAMA_CPP_PYTHON
-    embeddings_separately: bool = True
 
     def command(
         self, config: Config, *, port: int, parallel: int, embeddings: bool, home: Path
@@ -121,7 +119,6 @@ class LlamaCppPython(Server):
 @dataclass(frozen=True)
 class LlamaServerCpp(Server):
     name: str = LLAMA_SERVER
-    embeddings_separately: bool = True
     binary: Path = field(default=Path("llama-server"))
 
     def command(
