@@ -312,6 +312,68 @@ def test_shared_prefix_is_not_evaluated_again(loop, shared):
     assert done2.prompt_eval_count < tokens_second - 100
 
 
+def _system_prompt(salt: str) -> str:
+    """A long system prompt no earlier request cached (the salt opens it)."""
+    rules = " ".join(f"Rule {i}: answer briefly and check your facts." for i in range(12))
+    return f"<|im_start|>system\n{salt}. {rules}<|im_end|>\n"
+
+
+@pytest.fixture(scope="module")
+def solo(loop: Loop) -> Iterator[LlamaServer]:
+    """One slot: every prompt is evaluated in its own sequence, nothing copied."""
+    server = loop.run(start_server(parallel=1))
+    yield server
+    loop.run(server.close())
+
+
+def test_concurrent_requests_evaluate_their_shared_system_prompt_once(loop, shared, solo):
+    system = _system_prompt("Session of the lighthouse")
+    prefix = len(loop.run(shared.tokenize(system)))
+    prompts = [system + CHAT.format(q) for q in ("Name a fruit", "Name a city", "Hi")]
+    options = SamplingOptions(temperature=0, num_predict=12)
+
+    async def together() -> list[tuple[list[CompletionChunk], CompletionDone]]:
+        return list(await asyncio.gather(*(complete(shared, p, options) for p in prompts)))
+
+    results = loop.run(together())
+    evaluated = sorted(done.prompt_eval_count for _, done in results)
+    assert prefix > 100
+    # One request evaluates the system prompt; the others copy it from its cache.
+    assert evaluated[-1] > prefix
+    assert all(n < 20 for n in evaluated[:-1]), evaluated
+    copied = [done for _, done in results if done.prompt_eval_count < 20]
+    assert all(done.prompt_cached >= prefix for done in copied)
+    # A copied prefix gives the text the whole prompt gives, evaluated alone.
+    for prompt, (chunks, _) in zip(prompts, results, strict=True):
+        assert text(chunks) == text(loop.run(complete(solo, prompt, options))[0])
+
+
+def test_a_generating_sequence_lends_its_prefix_to_a_new_request(loop, shared, solo):
+    system = _system_prompt("Session of the harbour")
+    prefix = len(loop.run(shared.tokenize(system)))
+    story, colour = system + CHAT.format("Tell a story"), system + CHAT.format("Name a colour")
+    short = SamplingOptions(temperature=0, num_predict=8)
+
+    async def while_generating() -> tuple[CompletionDone, list[CompletionChunk], CompletionDone]:
+        request = CompletionRequest(
+            prompt=story, options=SamplingOptions(temperature=0, num_predict=64)
+        )
+        stream = shared.completion(request).__aiter__()
+        first = await stream.__anext__()  # the first sequence is generating now
+        assert isinstance(first, CompletionChunk)
+        chunks, second = await complete(shared, colour, short)
+        async for item in stream:
+            if isinstance(item, CompletionDone):
+                return item, chunks, second
+        raise AssertionError("stream ended without a done line")
+
+    first, chunks, second = loop.run(while_generating())
+    assert first.prompt_eval_count > prefix
+    assert second.prompt_cached >= prefix
+    assert second.prompt_eval_count < 20
+    assert text(chunks) == text(loop.run(complete(solo, colour, short))[0])
+
+
 def test_embeddings_batched_equal_one_at_a_time(loop, shared):
     inputs = ["The sky is blue.", "Grass is green.", "The sky is blue."]
     batched = loop.run(shared.embedding(inputs))

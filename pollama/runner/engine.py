@@ -60,6 +60,9 @@ T = TypeVar("T")
 
 # Inputs packed into one embedding decode at most (llama.cpp caps sequences per context).
 _EMBED_MAX_SEQS = 64
+# A prompt takes its prefix from another sequence's cache only when that saves at
+# least this many tokens: llama.cpp copies a sequence's KV stream whole.
+_MIN_SHARED_PREFIX = 32
 _NOTHING: Any = object()
 
 
@@ -92,6 +95,8 @@ class Request:
     body: CompletionRequest
     emit: Emit
     cancelled: threading.Event = field(default_factory=threading.Event)
+    tokens: list[int] | None = None
+    """The prompt as the engine will evaluate it, once tokenized."""
 
 
 @dataclass(eq=False)
@@ -139,6 +144,10 @@ class _Loaded:
     memory: BackendMemory
     embed_ctx: Any = None
     threadpool: llama.Threadpool | None = None
+    shares_prefixes: bool = False
+    """Whether a sequence may start from a copy of another's cache: not for recurrent
+    state (it cannot be cut back to a prefix) nor sliding-window caches (which drop
+    what a later prompt would need)."""
 
 
 class Engine:
@@ -288,6 +297,12 @@ class Engine:
         memory = measured_memory(placed, buffers, graph_only=False)
         vocab = llama.Vocab(model)
         self._loaded = _Loaded(model, ctx, vocab, llama.Batch(config.batch_size), config, memory)
+        self._loaded.shares_prefixes = (
+            config.parallel > 1
+            and not L.llama_model_is_recurrent(model)
+            and not L.llama_model_is_hybrid(model)
+            and L.llama_model_n_swa(model) == 0
+        )
         # Without it llama.cpp's workers spin between steps, holding the cores the
         # server needs to stream each token (docs/benchmarks.md has the figures).
         self._loaded.threadpool = llama.Threadpool.create(config.num_threads)
@@ -400,15 +415,24 @@ class Engine:
             free = [s for s in self._slots if not s.busy]
             if not free:
                 return
+            try:
+                if request.tokens is None:
+                    request.tokens = self._prompt_tokens(request.body)
+            except EngineError as exc:
+                self._waiting.popleft()
+                request.emit(exc)
+                continue
+            if self._prefix_in_flight(request.tokens):
+                return  # another sequence evaluates it in this step: share it next step
             self._waiting.popleft()
             try:
-                self._start(request, free)
+                self._start(request, request.tokens, free)
             except EngineError as exc:
                 request.emit(exc)
 
-    def _start(self, request: Request, free: list[Slot]) -> None:
+    def _prompt_tokens(self, body: CompletionRequest) -> list[int]:
+        """The prompt's tokens, checked, and truncated to the context if asked to."""
         loaded = self._require_loaded()
-        body = request.body
         if self.gguf.is_embedding_model:
             raise EngineError("this model does not support generation", status=400)
         tokens = (
@@ -431,12 +455,55 @@ class Engine:
                 )
             keep = min(max(opts.num_keep, 0), n_ctx - 1)
             tokens = tokens[:keep] + tokens[len(tokens) - (n_ctx - keep) :]
+        return tokens
 
+    def _prefix_in_flight(self, tokens: list[int]) -> bool:
+        """Whether a prompt still being evaluated for another request holds a prefix of
+        ``tokens`` worth sharing (identical system prompts arriving together): waiting
+        one step for it to be in the cache beats evaluating it twice."""
+        loaded = self._loaded
+        if loaded is None or not loaded.shares_prefixes:
+            return False
+        cached = max(_common_prefix(s.cache, tokens) for s in self._slots)
+        for slot in self._slots:
+            if slot.busy and slot.pending and _common_prefix(slot.cache, tokens) == len(slot.cache):
+                coming = len(slot.cache) + _common_prefix(slot.pending, tokens[len(slot.cache) :])
+                if coming - cached >= _MIN_SHARED_PREFIX:
+                    return True
+        return False
+
+    def _donor(self, slot: Slot, tokens: list[int], reuse: int) -> Slot | None:
+        """Another sequence whose cache holds a longer prefix of ``tokens`` than
+        ``slot``'s own, by enough to be worth copying."""
+        loaded = self._loaded
+        if loaded is None or not loaded.shares_prefixes:
+            return None
+        best, best_len = None, reuse + _MIN_SHARED_PREFIX - 1
+        for other in self._slots:
+            if other is not slot:
+                shared = _common_prefix(other.cache, tokens)
+                if shared > best_len:
+                    best, best_len = other, shared
+        return best
+
+    def _start(self, request: Request, tokens: list[int], free: list[Slot]) -> None:
+        loaded = self._require_loaded()
+        body = request.body
+        opts = body.options
+        n_ctx = loaded.config.num_ctx
         slot = max(free, key=lambda s: (_common_prefix(s.cache, tokens), -s.last_used))
         reuse = _common_prefix(slot.cache, tokens)
+        mem = L.llama_get_memory(loaded.ctx)
+        donor = self._donor(slot, tokens, reuse)
+        if donor is not None:
+            # Sequences live in streams of their own, so this copies the donor's stream
+            # (at the next decode); the tail past the shared prefix is dropped below.
+            L.llama_memory_seq_rm(mem, slot.index, -1, -1)
+            L.llama_memory_seq_cp(mem, donor.index, slot.index, -1, -1)
+            reuse = _common_prefix(donor.cache, tokens)
+            slot.cache = donor.cache[:reuse]
         if reuse == len(tokens):
             reuse -= 1  # the last prompt token must be evaluated to get logits
-        mem = L.llama_get_memory(loaded.ctx)
         if not L.llama_memory_seq_rm(mem, slot.index, reuse, -1):
             # Recurrent caches cannot drop a tail; start the sequence afresh.
             L.llama_memory_seq_rm(mem, slot.index, -1, -1)
