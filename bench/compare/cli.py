@@ -3,10 +3,12 @@ raw engine on the same model, threads and context; a table, charts and target ch
 
     python -m bench compare [--runs 3] [--quick] [--levels 1 2 4 8] [--tokens 256]
 
-Each run visits every server in turn (the order rotates between runs), one at a
-time: the servers are started and stopped per concurrency level, so nothing
-else competes for the cores. The section between the ``compare`` markers of
-``docs/benchmarks.md`` is replaced, and the charts are written under ``docs/img``.
+A run goes stage by stage (single stream, embeddings, each concurrency level);
+one server works at a time (the order rotates between runs). At a concurrency
+level every server is loaded at once and rounds of requests alternate between
+them, so the machine's drifting speed falls on all alike. The section between
+the ``compare`` markers of ``docs/benchmarks.md`` is replaced, and the charts
+are written under ``docs/img``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any
 import psutil
 
 from bench.compare import report, stats, workloads
+from bench.compare.client import Streamed
 from bench.compare.servers import (
     Config,
     Instance,
@@ -44,6 +47,7 @@ from bench.compare.servers import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+STAGES = ("single", "embeddings", "clients")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=2048, help="context per sequence")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        default=list(STAGES),
+        choices=STAGES,
+        help="what to measure: single stream (decode, prompt, chat, 1 client), "
+        "embeddings, the concurrency levels above 1",
+    )
+    parser.add_argument("--model", type=Path, help="a GGUF to compare on instead of the demo model")
     parser.add_argument(
         "--requests", type=int, default=8, help="requests per concurrency level (all clients)"
     )
@@ -219,8 +232,11 @@ class Session:
     def stages(self) -> list[str]:
         """A run's stages, in order; every server takes its turn at a stage before the
         next stage begins, so the figures compared are measured minutes apart at most."""
-        names = ["single", "embeddings"]
-        return names + [f"clients {c}" for c in self.args.levels if c != 1]
+        wanted = self.args.stages
+        names = [s for s in ("single", "embeddings") if s in wanted]
+        if "clients" in wanted:
+            names += [f"clients {c}" for c in self.args.levels]
+        return names
 
     def stage(self, server: Server, stage: str, salt: str) -> Figures:
         """One server's turn at one stage, on a server started for it."""
@@ -239,17 +255,78 @@ class Session:
                 attempt("chat", lambda: workloads.chat(instance, salt))
                 instance.tree.sample()
                 into["rss_mib"] = instance.tree.peak / 2**20
-                if 1 in args.levels:
-                    attempt("clients 1", lambda: self._clients(instance, 1))
         elif stage == "embeddings":
             with self._running(server, embeddings=True) as instance:
                 attempt("embeddings", lambda: workloads.embeddings(instance))
         else:
-            clients = int(stage.split()[1])
-            with self._running(server, parallel=clients) as instance:
-                workloads.warm_up(instance)
-                attempt(stage, lambda: self._clients(instance, clients))
+            raise ValueError(f"not a stage of one server: {stage}")
         return into
+
+    def clients_stage(self, order: list[str], clients: int, index: int) -> dict[str, Figures]:
+        """Every server started with ``clients`` slots and kept loaded while rounds of
+        ``clients`` simultaneous requests visit them in turn, the order reversed every
+        round: each server's rounds lie seconds from the others', so the machine's
+        drifting speed falls on all alike. Measured again when disturbed (as ``turn``)."""
+        rounds = max(2, -(-self.args.requests // clients))
+        stage = f"clients {clients}"
+        for attempt in range(1 + self.args.retries):
+            self.wait_for_quiet()
+            started, busy, own = time.perf_counter(), _busy_cpu(), _own_cpu()
+            self.tree_cpu = 0.0
+            figures = self._rounds(order, clients, rounds)
+            others = (_busy_cpu() - busy) - (_own_cpu() - own) - self.tree_cpu
+            other = max(others, 0.0) / (time.perf_counter() - started)
+            print(f"  {'all':17} {stage:12} others used {other:.2f} cores")
+            if other <= self.args.max_other_cpu:
+                break
+            if attempt < self.args.retries:
+                print(f"  {'all':17} {stage:12} disturbed: measuring it again")
+        else:
+            self.note(
+                f"{stage} of run {index + 1} kept although other processes used "
+                f"{other:.2f} cores during it"
+            )
+        for into in figures.values():
+            into["other_cpu"] = other
+        return figures
+
+    def _rounds(self, order: list[str], clients: int, rounds: int) -> dict[str, Figures]:
+        stage = f"clients {clients}"
+        done: dict[str, list[tuple[float, list[Streamed]]]] = {name: [] for name in order}
+        with ExitStack() as stack:
+            instances: dict[str, Instance] = {}
+            for name in order:
+
+                def start(name: str = name) -> Figures:
+                    instance = stack.enter_context(
+                        self._running(self.servers[name], parallel=clients)
+                    )
+                    workloads.warm_up(instance)
+                    instances[name] = instance
+                    return {}
+
+                self.attempt(f"{stage} start", name, {}, start)
+            for r in range(rounds):
+                for name in order if r % 2 == 0 else order[::-1]:
+                    if name not in instances:
+                        continue
+
+                    def one(name: str = name, r: int = r) -> Figures:
+                        wall, streams = workloads.clients_round(
+                            instances[name], clients, self.args.tokens
+                        )
+                        done[name].append((wall, streams))
+                        tokens = sum(s.completion_tokens for s in streams)
+                        return {f"round {r + 1} tok/s": tokens / wall}
+
+                    failed = len(self.notes)
+                    self.attempt(stage, name, {}, one)
+                    if len(self.notes) > failed:
+                        del instances[name]  # a failed round leaves the level to the others
+        return {
+            name: workloads.clients_figures(got, clients) if got else {}
+            for name, got in done.items()
+        }
 
     @contextmanager
     def _running(self, server: Server, **how: Any) -> Iterator[Instance]:
@@ -262,9 +339,6 @@ class Session:
         finally:
             if started is not None:  # its sampler has stopped: the final figure
                 self.tree_cpu += started.tree.cpu_seconds
-
-    def _clients(self, instance: Instance, clients: int) -> Figures:
-        return workloads.concurrency(instance, clients, self.args.requests, self.args.tokens)
 
     def run(self, index: int) -> dict[str, Figures]:
         names = [s for s in stats.SERVERS if s in self.servers]
@@ -280,9 +354,12 @@ class Session:
         print(f"run {index + 1}/{self.args.runs}: {' → '.join(order)} (load {_load()})")
         figures: dict[str, Figures] = {name: {} for name in order}
         for stage in self.stages():
-            for name in order:
-                got = self.turn(name, stage, index)
-                other = max(figures[name].get("other_cpu", 0.0), got.pop("other_cpu"))
+            if stage.startswith("clients "):
+                level = self.clients_stage(order, int(stage.split()[1]), index)
+            else:
+                level = {name: self.turn(name, stage, index) for name in order}
+            for name, got in level.items():
+                other = max(figures[name].get("other_cpu", 0.0), got.pop("other_cpu", 0.0))
                 figures[name].update(got, other_cpu=other)
         if self.ceiling is not None:
             # The raw engine's figures: those measured beside every server in this run.
@@ -407,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             _quick(args)
         from pollama.demo import demo_model_path
 
-        args.model = str(demo_model_path())
+        args.model = str(args.model or demo_model_path())
         notes: list[str] = []
         servers, binary = _servers(args, notes)
         info = machine(args, binary)

@@ -96,11 +96,15 @@ the same thread count and context per sequence, and measured end to end over
 HTTP by a client on `http.client` streaming OpenAI's `/v1/chat/completions` (and
 `/v1/embeddings`), the one API all three speak. Decoding is greedy (temperature
 0) from a fixed prompt; token counts come from the server's reported usage (or
-`finish_reason: length`). One server runs at a time, started afresh for each
-stage of a run (single stream; embeddings; each concurrency level); every server
-takes its turn at a stage before the next stage begins (the order rotates
-between runs), and every ratio is taken run by run, then its median reported —
-so the machine's speed drifting between runs cancels out of the ratios. The raw
+`finish_reason: length`). A run goes stage by stage (single stream; embeddings;
+each concurrency level), every server taking its turn at a stage before the next
+begins (the order rotates between runs); one server works at a time. For single
+stream and embeddings each server is started afresh for its turn; at a
+concurrency level all are started with that many slots and kept loaded (idle,
+they use no CPU), and rounds of simultaneous requests, one per client, alternate
+between them (A B C, then C B A, ...), so their figures are taken seconds apart.
+Every ratio is taken run by run, then its median reported — the machine's speed
+drifts by tens of percent within minutes, and this cancels it out. The raw
 engine, the ceiling for decode and prompt evaluation, is `bench/raw.py`'s
 llama.cpp loop in the benchmark process: kept loaded, it runs right after each
 server's decode request (three pairs per turn) and prompt evaluation, while that
@@ -115,9 +119,11 @@ turn (its column: the median of those runs).
   instead of cutting the running stream short).
 - Single-stream decode: first streamed token to last. TTFT: request sent to the
   first content. Prompt evaluation: prompt tokens ÷ the whole request time with
-  `max_tokens` 1 (a fresh prompt per run, so no cache helps). Concurrency: every
-  client sends its requests back to back; aggregate = completion tokens ÷ wall
-  time; latency per request, sent to last byte. Chat: a ~1,000-token system
+  `max_tokens` 1 (a fresh prompt per run, so no cache helps). Concurrency: `--requests`
+  (8) per level and server, in rounds (2 at least) of one request per client sent
+  at once; aggregate = completion tokens ÷ the rounds' wall time; latency per
+  request, sent to last byte. The clients all send the same prompt (as a shared
+  system prompt would be). Chat: a ~1,000-token system
   prompt, turn 2 repeats turn 1 and its reply (the prefix cache's case).
   Embeddings: 64 short inputs in one request vs 64 requests one after another.
   Peak RSS: the server's process tree, sampled every 0.2 s. Load time: process

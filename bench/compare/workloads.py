@@ -202,29 +202,31 @@ def embeddings(instance: Instance, count: int = 64) -> dict[str, float]:
     }
 
 
-def concurrency(instance: Instance, clients: int, requests: int, tokens: int) -> dict[str, float]:
-    """``clients`` threads, each sending its share of ``requests`` (at least one)
-    back to back: aggregate completion tokens/s over the wall time, request latency."""
-    per_client = max(1, -(-requests // clients))
+def clients_round(instance: Instance, clients: int, tokens: int) -> tuple[float, list[Streamed]]:
+    """``clients`` threads sending one decode request each, at once: the wall time
+    from the first sent to the last done, and every stream."""
     body = decode_request(instance, tokens)
-
-    def client(_: int) -> list[Streamed]:
-        return [stream_chat(instance.url, body) for _ in range(per_client)]
-
     started = time.perf_counter()
     pool = ThreadPoolExecutor(clients)
     try:
-        done = [s for streams in pool.map(client, range(clients)) for s in streams]
+        done = list(pool.map(lambda _: stream_chat(instance.url, body), range(clients)))
     finally:
         # Interrupted (SIGTERM), leave the clients: stopping the server ends their reads.
         pool.shutdown(wait=False, cancel_futures=True)
-    wall = time.perf_counter() - started
-    latencies = [_ms(s.latency) for s in done]
+    return time.perf_counter() - started, done
+
+
+def clients_figures(rounds: list[tuple[float, list[Streamed]]], clients: int) -> dict[str, float]:
+    """A level's figures over its rounds: completion tokens ÷ the rounds' wall time,
+    and the latency percentiles of every request (sent to last byte)."""
+    streams = [s for _, done in rounds for s in done]
+    latencies = [_ms(s.latency) for s in streams]
     return {
-        f"agg_tps_c{clients}": sum(s.completion_tokens for s in done) / wall,
+        f"agg_tps_c{clients}": sum(s.completion_tokens for s in streams)
+        / sum(wall for wall, _ in rounds),
         f"p50_ms_c{clients}": percentile(latencies, 50),
         f"p99_ms_c{clients}": percentile(latencies, 99),
-        f"tokens_c{clients}": statistics.mean(s.completion_tokens for s in done),
+        f"tokens_c{clients}": statistics.mean(s.completion_tokens for s in streams),
     }
 
 
