@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.compare import report, stats
+from bench.compare import report, stats, workloads
+from bench.compare.client import Streamed
 from bench.compare.stats import LLAMA_CPP_PYTHON, LLAMA_SERVER, POLLAMA, RAW, Target, Verdict
 
 # Three runs in which background load drifts: every server is slower in run 2, but
@@ -193,3 +194,20 @@ def test_section_is_spliced_between_markers_or_appended() -> None:
     assert replaced == "# Benchmarks\n\nbefore\n\nNEW\nafter\n"
     # Splicing again replaces, it does not append a second copy.
     assert report.splice(appended, section) == appended
+
+
+def _streamed(sent: float, done: float, tokens: int) -> Streamed:
+    return Streamed(sent, sent + 0.1, done - 0.01, done, tokens, 10, "x" * tokens, tokens)
+
+
+def test_a_levels_figures_pool_its_rounds() -> None:
+    rounds = [
+        (2.0, [_streamed(0.0, 2.0, 100), _streamed(0.0, 1.0, 50)]),
+        (3.0, [_streamed(10.0, 13.0, 100), _streamed(10.0, 12.0, 100)]),
+    ]
+    figures = workloads.clients_figures(rounds, 2)
+    assert figures["agg_tps_c2"] == pytest.approx(350 / 5.0)
+    # Latencies 1, 2, 2, 3 s: the median between the middle two, p99 interpolated near 3.
+    assert figures["p50_ms_c2"] == pytest.approx(2000)
+    assert figures["p99_ms_c2"] == pytest.approx(2970)
+    assert figures["tokens_c2"] == pytest.approx(87.5)

@@ -788,7 +788,9 @@ class Engine:
                     group.append(tokens)
                     used += len(tokens)
                     start += 1
-                L.llama_memory_clear(L.llama_get_memory(ctx), True)
+                # Forget the cells, keep the bytes: unused cells are masked, and zeroing
+                # the whole cache cost more than embedding a short input.
+                L.llama_memory_clear(L.llama_get_memory(ctx), False)
                 if batch.decode(ctx) != 0:
                     raise EngineError(self._why("embedding decode failed"))
                 n_embd = int(L.llama_model_n_embd(loaded.model))
@@ -799,7 +801,7 @@ class Engine:
                     vectors.append(tuple(float(x) for x in ptr[:n_embd]))
         finally:
             batch.free()
-            L.llama_memory_clear(L.llama_get_memory(ctx), True)
+            L.llama_memory_clear(L.llama_get_memory(ctx), False)
         return EmbeddingResponse(tuple(vectors), count)
 
     def _embedding_context(self, loaded: _Loaded) -> Any:
