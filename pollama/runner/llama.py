@@ -213,10 +213,7 @@ def sampler_chain(vocab: Vocab, opts: SamplingOptions, prompt: Sequence[int], nu
     """
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     last_n = num_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
-    penalised = last_n > 0 and (
-        opts.repeat_penalty != 1.0 or opts.frequency_penalty or opts.presence_penalty
-    )
-    if penalised:
+    if _penalised(opts, num_ctx):
         penalties = L.llama_sampler_init_penalties(
             vocab.size,
             last_n,
@@ -243,6 +240,13 @@ def sampler_chain(vocab: Vocab, opts: SamplingOptions, prompt: Sequence[int], nu
     seed = opts.seed & 0xFFFFFFFF if opts.seed >= 0 else L.LLAMA_DEFAULT_SEED
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed))
     return chain
+
+
+def _penalised(opts: SamplingOptions, num_ctx: int) -> bool:
+    last_n = num_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
+    return last_n > 0 and bool(
+        opts.repeat_penalty != 1.0 or opts.frequency_penalty or opts.presence_penalty
+    )
 
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
@@ -282,6 +286,11 @@ class SlotSampler:
                 raise ValueError("invalid grammar")
         self._chain = sampler_chain(vocab, opts, prompt, num_ctx)
         self._n_vocab = vocab.size
+        # Plain greedy needs no chain: llama_sampler_sample would copy the whole
+        # vocabulary into a fresh candidate array first, ~0.2 ms a token that the
+        # compute threads spend waiting (docs/benchmarks.md). argmax picks the first
+        # of equal maxima, as llama.cpp's greedy sampler does.
+        self._argmax = not grammar and opts.temperature <= 0 and not _penalised(opts, num_ctx)
         self.armed = armed
         self._candidates: np.ndarray | None = None
         self._one = np.zeros(1, dtype=_TOKEN_DATA)
@@ -294,6 +303,9 @@ class SlotSampler:
         self.armed = True
 
     def sample(self, ctx: Any, index: int) -> int:
+        if self._argmax:
+            logits = L.llama_get_logits_ith(ctx, index)
+            return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
         if not self.constrained:
             return int(L.llama_sampler_sample(self._chain, ctx, index))
         logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
