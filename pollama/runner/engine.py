@@ -472,18 +472,16 @@ class Engine:
                     return True
         return False
 
-    def _donor(self, slot: Slot, tokens: list[int], reuse: int) -> Slot | None:
+    def _donor(self, slot: Slot, tokens: list[int], reuse: int) -> tuple[Slot, int] | None:
         """Another sequence whose cache holds a longer prefix of ``tokens`` than
-        ``slot``'s own, by enough to be worth copying."""
-        loaded = self._loaded
-        if loaded is None or not loaded.shares_prefixes:
-            return None
-        best, best_len = None, reuse + _MIN_SHARED_PREFIX - 1
+        ``slot``'s own, by enough to be worth copying: it, and the prefix's length."""
+        best: tuple[Slot, int] | None = None
+        best_len = reuse + _MIN_SHARED_PREFIX - 1
         for other in self._slots:
             if other is not slot:
                 shared = _common_prefix(other.cache, tokens)
                 if shared > best_len:
-                    best, best_len = other, shared
+                    best, best_len = (other, shared), shared
         return best
 
     def _start(self, request: Request, tokens: list[int], free: list[Slot]) -> None:
@@ -494,14 +492,14 @@ class Engine:
         slot = max(free, key=lambda s: (_common_prefix(s.cache, tokens), -s.last_used))
         reuse = _common_prefix(slot.cache, tokens)
         mem = L.llama_get_memory(loaded.ctx)
-        donor = self._donor(slot, tokens, reuse)
+        donor = self._donor(slot, tokens, reuse) if loaded.shares_prefixes else None
         if donor is not None:
             # Sequences live in streams of their own, so this copies the donor's stream
             # (at the next decode); the tail past the shared prefix is dropped below.
+            lender, reuse = donor
             L.llama_memory_seq_rm(mem, slot.index, -1, -1)
-            L.llama_memory_seq_cp(mem, donor.index, slot.index, -1, -1)
-            reuse = _common_prefix(donor.cache, tokens)
-            slot.cache = donor.cache[:reuse]
+            L.llama_memory_seq_cp(mem, lender.index, slot.index, -1, -1)
+            slot.cache = lender.cache[:reuse]
         if reuse == len(tokens):
             reuse -= 1  # the last prompt token must be evaluated to get logits
         if not L.llama_memory_seq_rm(mem, slot.index, reuse, -1):

@@ -284,13 +284,13 @@ class SlotSampler:
             )
             if not self._grammar:
                 raise ValueError("invalid grammar")
-        self._chain = sampler_chain(vocab, opts, prompt, num_ctx)
-        self._n_vocab = vocab.size
         # Plain greedy needs no chain: llama_sampler_sample would copy the whole
         # vocabulary into a fresh candidate array first, ~0.2 ms a token that the
         # compute threads spend waiting (docs/benchmarks.md). argmax picks the first
         # of equal maxima, as llama.cpp's greedy sampler does.
         self._argmax = not grammar and opts.temperature <= 0 and not _penalised(opts, num_ctx)
+        self._chain = None if self._argmax else sampler_chain(vocab, opts, prompt, num_ctx)
+        self._n_vocab = vocab.size
         self.armed = armed
         self._candidates: np.ndarray | None = None
         self._one = np.zeros(1, dtype=_TOKEN_DATA)
@@ -303,12 +303,11 @@ class SlotSampler:
         self.armed = True
 
     def sample(self, ctx: Any, index: int) -> int:
-        if self._argmax:
-            logits = L.llama_get_logits_ith(ctx, index)
-            return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
-        if not self.constrained:
+        if not self.constrained and not self._argmax:
             return int(L.llama_sampler_sample(self._chain, ctx, index))
         logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
+        if self._argmax:
+            return int(logits.argmax())
         token = self._draw(logits, grammar=False)
         if not self._allows(token):
             token = self._draw(logits, grammar=True)
