@@ -27,6 +27,14 @@ def _bars(ax, runs: Runs, servers: Sequence[str], keys: Sequence[tuple[str, str]
     ax.set_ylabel(unit)
 
 
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def draw(runs: Runs, levels: Sequence[int], out_dir: Path) -> list[tuple[str, Path]]:
     """Three charts: throughput, concurrency, latency and embeddings. (alt, path) each."""
     import matplotlib
@@ -44,9 +52,7 @@ def draw(runs: Runs, levels: Sequence[int], out_dir: Path) -> list[tuple[str, Pa
     ax.set_title("Throughput, median of runs (higher is better)")
     ax.legend(fontsize=8)
     charts.append(("Decode and prompt evaluation, tokens/s", out_dir / "compare-throughput.png"))
-    fig.tight_layout()
-    fig.savefig(charts[-1][1], dpi=110)
-    plt.close(fig)
+    _save(fig, charts[-1][1])
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
     for server in servers:
@@ -69,9 +75,7 @@ def draw(runs: Runs, levels: Sequence[int], out_dir: Path) -> list[tuple[str, Pa
         ax.grid(alpha=0.3)
     left.legend(fontsize=8)
     charts.append(("Clients: throughput and latency", out_dir / "compare-concurrency.png"))
-    fig.tight_layout()
-    fig.savefig(charts[-1][1], dpi=110)
-    plt.close(fig)
+    _save(fig, charts[-1][1])
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     keys = [
@@ -86,7 +90,5 @@ def draw(runs: Runs, levels: Sequence[int], out_dir: Path) -> list[tuple[str, Pa
     _bars(right, runs, [s for s in servers if s != "raw"], keys, "inputs/s")
     right.set_title("Embeddings (higher is better)")
     charts.append(("Time to first token and embeddings", out_dir / "compare-latency.png"))
-    fig.tight_layout()
-    fig.savefig(charts[-1][1], dpi=110)
-    plt.close(fig)
+    _save(fig, charts[-1][1])
     return charts

@@ -28,7 +28,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -47,6 +47,7 @@ from bench.compare.servers import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 STAGES = ("single", "embeddings", "clients")
 
 
@@ -268,24 +269,12 @@ class Session:
         round: each server's rounds lie seconds from the others', so the machine's
         drifting speed falls on all alike. Measured again when disturbed (as ``turn``)."""
         rounds = max(2, -(-self.args.requests // clients))
-        stage = f"clients {clients}"
-        for attempt in range(1 + self.args.retries):
-            self.wait_for_quiet()
-            started, busy, own = time.perf_counter(), _busy_cpu(), _own_cpu()
-            self.tree_cpu = 0.0
-            figures = self._rounds(order, clients, rounds)
-            others = (_busy_cpu() - busy) - (_own_cpu() - own) - self.tree_cpu
-            other = max(others, 0.0) / (time.perf_counter() - started)
-            print(f"  {'all':17} {stage:12} others used {other:.2f} cores")
-            if other <= self.args.max_other_cpu:
-                break
-            if attempt < self.args.retries:
-                print(f"  {'all':17} {stage:12} disturbed: measuring it again")
-        else:
-            self.note(
-                f"{stage} of run {index + 1} kept although other processes used "
-                f"{other:.2f} cores during it"
-            )
+        figures, other = self._undisturbed(
+            "all",
+            f"clients {clients}",
+            index,
+            lambda: self._rounds(order, clients, rounds),
+        )
         for into in figures.values():
             into["other_cpu"] = other
         return figures
@@ -375,26 +364,39 @@ class Session:
         """One server's turn at a stage: after waiting for a quiet machine, and again
         (``--retries``) when other processes kept more than ``--max-other-cpu`` cores
         busy meanwhile. ``other_cpu`` is the most they kept busy over the server's turns."""
+        figures, other = self._undisturbed(
+            name,
+            stage,
+            index,
+            lambda: self.stage(self.servers[name], stage, f"run {index} {name} {time.time_ns()}"),
+        )
+        figures["other_cpu"] = other
+        return figures
+
+    def _undisturbed(
+        self, who: str, stage: str, index: int, measure: Callable[[], T]
+    ) -> tuple[T, float]:
+        """``measure()`` after waiting for a quiet machine, again (``--retries``) when
+        other processes kept more than ``--max-other-cpu`` cores busy meanwhile; its
+        result and the cores they used during the kept attempt."""
         for attempt in range(1 + self.args.retries):
             self.wait_for_quiet()
-            salt = f"run {index} {name} {time.time_ns()}"
             started, busy, own = time.perf_counter(), _busy_cpu(), _own_cpu()
             self.tree_cpu = 0.0
-            figures = self.stage(self.servers[name], stage, salt)
+            result = measure()
             others = (_busy_cpu() - busy) - (_own_cpu() - own) - self.tree_cpu
             other = max(others, 0.0) / (time.perf_counter() - started)
-            print(f"  {name:17} {stage:12} others used {other:.2f} cores")
+            print(f"  {who:17} {stage:12} others used {other:.2f} cores")
             if other <= self.args.max_other_cpu:
                 break
             if attempt < self.args.retries:
-                print(f"  {name:17} {stage:12} disturbed: measuring it again")
+                print(f"  {who:17} {stage:12} disturbed: measuring it again")
         else:
             self.note(
-                f"{name}: {stage} of run {index + 1} kept although other processes "
+                f"{who}: {stage} of run {index + 1} kept although other processes "
                 f"used {other:.2f} cores during it"
             )
-        figures["other_cpu"] = other
-        return figures
+        return result, other
 
     def wait_for_quiet(self, window: float = 3.0) -> None:
         """Until other processes keep less than ``--max-other-cpu`` cores busy over a few
