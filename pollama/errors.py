@@ -19,6 +19,9 @@
     ├── RunnerError                 the runner failed this request (it may still be alive)
     │   ├── RunnerHTTPError         the runner refused a request; keeps its HTTP status
     │   └── RunnerDied              the runner process is gone; carries its last error line
+    │       └── EngineCrashed       the engine's code killed it (SIGILL, SIGSEGV, SIGBUS),
+    │                               explained in words with the rebuild that avoids it
+    ├── EngineUnusable              this llama.cpp build is known to crash on this CPU
     └── LoadError                   a model cannot be placed or loaded
         ├── LoadRequiredFull        it fits only with layers on the CPU, and the
         │                           caller asked for all-GPU (the scheduler may
@@ -160,6 +163,23 @@ class RunnerHTTPError(RunnerError):
 
 class RunnerDied(RunnerError):
     """The runner process exited; the message carries its last error line."""
+
+
+class EngineCrashed(RunnerDied):
+    """The runner was killed by a signal its engine's code raised: an instruction the
+    CPU cannot run (SIGILL) or a memory fault (SIGSEGV, SIGBUS)."""
+
+    def __init__(self, message: str, *, signal: int, extra_buffers: bool, during_load: bool):
+        super().__init__(message)
+        self.signal = signal
+        self.extra_buffers = extra_buffers
+        """Whether the runner had llama.cpp's extra CPU buffer types on."""
+        self.during_load = during_load
+
+
+class EngineUnusable(PollamaError):
+    """The llama.cpp build crashed on this CPU even without its optional kernels (a
+    remembered verdict): loading again would only crash again until it is rebuilt."""
 
 
 class LoadError(PollamaError):

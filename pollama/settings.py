@@ -54,6 +54,16 @@ class Settings:
     """Keep unreferenced blobs at start (OLLAMA_NOPRUNE)."""
     simulated_gpus: str = ""
     """A simulated GPU inventory, e.g. ``cuda:24GiB,cuda:8GiB`` (POLLAMA_GPUS)."""
+    cpu_extra_buffers: str = "auto"
+    """llama.cpp's extra CPU buffer types (AMX, CPU_REPACK): ``auto`` uses them where the
+    engine probe and every runner so far ran them safely, ``on`` always, ``off`` never
+    (POLLAMA_CPU_EXTRA_BUFFERS)."""
+    state_dir: Path | None = None
+    """Where pollama keeps what it learnt about this machine (POLLAMA_STATE_DIR); None =
+    the parent of the model store, beside ``logs/`` (see ``state_path``)."""
+    test_crash: str = ""
+    """Test-only (POLLAMA_TEST_CRASH): ``runner|probe:SIGNAL[:always]`` makes that process
+    send itself SIGNAL before its first decode (``pollama.runner.crash_hook``)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -78,7 +88,17 @@ class Settings:
             sched_spread=_bool(env.get("OLLAMA_SCHED_SPREAD", "")) is True,
             noprune=_bool(env.get("OLLAMA_NOPRUNE", "")) is True,
             simulated_gpus=env.get("POLLAMA_GPUS", "").strip(),
+            cpu_extra_buffers=_choice(
+                env.get("POLLAMA_CPU_EXTRA_BUFFERS", ""), ("auto", "on", "off"), "auto"
+            ),
+            state_dir=Path(state).expanduser() if (state := env.get("POLLAMA_STATE_DIR")) else None,
+            test_crash=env.get("POLLAMA_TEST_CRASH", "").strip(),
         )
+
+    @property
+    def state_path(self) -> Path:
+        """The state directory: POLLAMA_STATE_DIR, else beside the model store (``~/.ollama``)."""
+        return self.state_dir if self.state_dir is not None else self.models_dir.parent
 
     @property
     def base_url(self) -> str:
@@ -116,6 +136,15 @@ def _bool(raw: str) -> bool | None:
     if value in ("0", "false", "f", "no", "n", "off"):
         return False
     return None
+
+
+def _choice(raw: str, choices: tuple[str, ...], default: str) -> str:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes"):
+        value = "on"
+    elif value in ("0", "false", "no"):
+        value = "off"
+    return value if value in choices else default
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
