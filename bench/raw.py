@@ -9,8 +9,15 @@ from typing import Any
 
 import llama_cpp as L
 
+from pollama.engine.cpu_path import CpuPath
 from pollama.runner import llama
 from pollama.runner.protocol import SamplingOptions
+from pollama.settings import Settings
+
+
+def cpu_extra_buffers() -> bool:
+    """Whether pollama's runners load with llama.cpp's extra CPU buffer types here."""
+    return CpuPath.for_settings(Settings.from_env()).decide().extra.on
 
 
 @dataclass
@@ -26,11 +33,28 @@ class RawEngine:
     _log = None
 
     @classmethod
-    def open(cls, path: Path, *, num_ctx: int, n_seq: int, threads: int) -> RawEngine:
+    def open(
+        cls,
+        path: Path,
+        *,
+        num_ctx: int,
+        n_seq: int,
+        threads: int,
+        extra_buffers: bool | None = None,
+    ) -> RawEngine:
+        """``extra_buffers`` None: the CPU path pollama's runners take on this machine, so
+        both sides of a comparison run the same kernels."""
         L.llama_backend_init()
-        cls._log = llama.LlamaLog(verbose=False)  # warnings and errors only, kept alive
+        if cls._log is None:
+            cls._log = llama.LlamaLog(verbose=False)  # warnings and errors only, kept alive
+        extra = extra_buffers if extra_buffers is not None else cpu_extra_buffers()
         params = llama.model_params(
-            gpu_layers=0, main_gpu=0, use_mmap=False, dry_run=False, progress=None
+            gpu_layers=0,
+            main_gpu=0,
+            use_mmap=False,
+            dry_run=False,
+            progress=None,
+            extra_buffers=extra,
         )
         model = L.llama_model_load_from_file(str(path).encode(), params)
         ctx_params = llama.context_params(

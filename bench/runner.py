@@ -23,6 +23,7 @@ import psutil
 from bench.raw import RawEngine
 from pollama.demo import demo_model_path
 from pollama.discover import system_info
+from pollama.engine.cpu_path import CpuPath
 from pollama.ggufmeta import read_model
 from pollama.llm.layout import LayoutPolicy
 from pollama.llm.options import LoadOptions, resolve_load_options
@@ -79,7 +80,8 @@ async def measure(streams: int, tokens: int, runs: int, threads: int) -> Result:
     model = read_model(path)
     system = system_info()
     asked = LoadOptions(num_ctx=NUM_CTX, parallel=streams, num_thread=threads)
-    config = resolve_load_options(model, asked, system)
+    extra = CpuPath.for_settings(Settings.from_env()).decide().extra
+    config = resolve_load_options(model, asked, system, extra_buffers=extra)
     server = await LlamaServer.start(model, config, Settings.from_env(), [])
     raw = RawEngine.open(path, num_ctx=NUM_CTX, n_seq=streams, threads=threads)
     result = Result(streams, [], [])

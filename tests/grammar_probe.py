@@ -38,6 +38,9 @@ class Probe:
     def __init__(self, model_path: str) -> None:
         L.llama_backend_init()
         params = L.llama_model_default_params()
+        # Grammars, not kernels, are under test: the plain CPU path runs on every CPU
+        # (llama.cpp's AMX kernels trap in some VMs).
+        params.use_extra_bufts = False
         self.model = L.llama_model_load_from_file(model_path.encode(), params)
         if not self.model:
             raise SystemExit("model failed to load")

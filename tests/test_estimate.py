@@ -13,20 +13,34 @@ from gguf_files import write_gguf
 
 from pollama.demo import demo_model_path
 from pollama.discover.types import SystemInfo
+from pollama.engine.cpu_path import CpuPath
+from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.ggufmeta import read_model
 from pollama.llm.estimate import estimate_memory, kv_cache_per_layer
 from pollama.llm.options import FlashAttention, LoadOptions, resolve_load_options
+from pollama.settings import Settings
 from pollama.units import GiB
 
 PROBE = Path(__file__).with_name("llama_probe.py")
 SYSTEM = SystemInfo(total_memory=24 * GiB, free_memory=20 * GiB, free_swap=0, thread_count=2)
 
 
-def llama_reports(num_ctx: int, parallel: int, batch: int, flash: FlashAttention, kv: str):
+def llama_reports(
+    num_ctx: int,
+    parallel: int,
+    batch: int,
+    flash: FlashAttention,
+    kv: str,
+    *,
+    model: Path | None = None,
+    extra: bool = False,
+    mmap: bool = True,
+):
     flag = {FlashAttention.AUTO: -1, FlashAttention.DISABLED: 0, FlashAttention.ENABLED: 1}[flash]
-    args = [str(demo_model_path()), str(num_ctx * parallel), str(parallel), str(batch)]
+    path = model or demo_model_path()
+    args = [str(path), str(num_ctx * parallel), str(parallel), str(batch), str(flag), kv]
     out = subprocess.run(
-        [sys.executable, str(PROBE), *args, str(flag), kv],
+        [sys.executable, str(PROBE), *args, str(int(extra)), str(int(mmap))],
         capture_output=True,
         text=True,
         timeout=300,
@@ -68,6 +82,37 @@ def test_weights_kv_and_graph_match_llama_cpp(num_ctx, parallel, batch, flash, k
     else:
         # Quantized caches need a smaller mask than we assume: stay on the safe side.
         assert graph <= estimate.cpu.graph <= 1.25 * graph
+
+
+def this_engine() -> ExtraBuffers:
+    """The extra buffer types this machine's llama.cpp build has (from the engine probe)."""
+    verdict = CpuPath.for_settings(Settings.from_env()).verdict()
+    assert verdict is not None and verdict.info is not None, "the engine probe gave no answer"
+    return ExtraBuffers(True, verdict.info.extra_buffers, frozenset(verdict.info.cpu_features))
+
+
+@pytest.mark.llama
+@pytest.mark.parametrize("mmap", [True, False])
+@pytest.mark.parametrize("extra_on", [True, False])
+def test_repacked_weight_copies_are_counted_when_the_path_is_on(q4_0_model, extra_on, mmap):
+    # Q4_0 everywhere: the CPU_REPACK (and AMX) kernels take it, so with the extra buffer
+    # types on llama.cpp keeps a second copy of the weights when the file is mapped, and
+    # of the tied LM head either way. Loading runs no kernel, so this holds on any CPU.
+    model = read_model(q4_0_model)
+    extra = this_engine() if extra_on else PLAIN
+    asked = LoadOptions(num_ctx=2048, use_mmap=mmap)
+    config = resolve_load_options(model, asked, SYSTEM, extra_buffers=extra)
+    estimate = estimate_memory(model, config)
+    measured = llama_reports(
+        2048, 1, 512, config.flash_attention, "f16", model=q4_0_model, extra=extra_on, mmap=mmap
+    )
+    weights = estimate.input_weights + estimate.cpu.layer_weights
+    assert weights == pytest.approx(measured["model"], rel=0.01)
+    file_bytes = sum(t.n_bytes for t in model.tensors)
+    if extra_on and extra.types:
+        assert weights > file_bytes  # the copies are there, and counted
+    else:
+        assert weights == file_bytes
 
 
 def _config(model, **asked):

@@ -127,7 +127,9 @@ def raw_greedy(prompt: str, n: int, grammar: str = "") -> str:
     from bench.raw import RawEngine
     from pollama.runner import llama
 
-    raw = RawEngine.open(demo_model_path(), num_ctx=1024, n_seq=1, threads=2)
+    # The runners these tests start load on the plain CPU path (no extra buffer types):
+    # the same kernels, so the same greedy text.
+    raw = RawEngine.open(demo_model_path(), num_ctx=1024, n_seq=1, threads=2, extra_buffers=False)
     try:
         tokens = raw.vocab.tokenize(prompt)
         if grammar:

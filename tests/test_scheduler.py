@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
-from pollama.errors import InsufficientMemory, LoadError, LoadRequiredFull, QueueFull, RunnerError
+from pollama.engine.kernels import PLAIN, ExtraBuffers
+from pollama.errors import (
+    EngineCrashed,
+    InsufficientMemory,
+    LoadError,
+    LoadRequiredFull,
+    QueueFull,
+    RunnerError,
+)
 from pollama.ggufmeta import GGUFModel
 from pollama.llm.layout import LayoutPolicy
 from pollama.llm.options import LoadConfig
@@ -89,6 +97,8 @@ class FakeServer:
             await self.factory.gate.wait()
         self.factory.clock.now += self.factory.load_seconds
         error = self.factory.errors.get(self.spec.name)
+        if error is None and self.factory.crash is not None:
+            error = self.factory.crash(self)
         if error is not None:
             raise error
         if policy.require_full and self.spec.name in self.factory.needs_whole_gpu:
@@ -124,6 +134,8 @@ class FakeFactory:
     """Loads wait for it while set to an event."""
     load_started: asyncio.Event = field(default_factory=asyncio.Event)
     load_seconds: float = 2.0
+    crash: Callable[[FakeServer], BaseException | None] | None = None
+    """Decides, per server, an error its load raises (after ``errors``)."""
 
     async def __call__(
         self, spec: ModelSpec, config: LoadConfig, gpus: Sequence[DeviceInfo]
@@ -156,17 +168,22 @@ class World:
 
 
 def scenario(
-    body: Callable[[World], Awaitable[None]], gpus: Sequence[DeviceInfo] = (), **settings: Any
+    body: Callable[[World], Awaitable[None]],
+    gpus: Sequence[DeviceInfo] = (),
+    cpu_path: Callable[[], Awaitable[ExtraBuffers]] | None = None,
+    **settings: Any,
 ) -> None:
     async def main() -> None:
         clock = FakeClock()
         factory = FakeFactory(clock)
+        extra: dict[str, Any] = {"cpu_path": cpu_path} if cpu_path is not None else {}
         scheduler = Scheduler(
             Settings(**settings),
             server_factory=factory,
             system_probe=lambda: SYSTEM,
             gpu_probe=lambda: list(gpus),
             clock=clock,
+            **extra,
         )
         try:
             # A watchdog, not a timing assertion: a scheduler bug fails instead of hanging.
@@ -732,3 +749,75 @@ def test_load_options_types() -> None:
         load_options({"num_ctx": "big"}, settings)
     with pytest.raises(ValueError, match='option "use_mmap" must be of type boolean'):
         load_options({"use_mmap": "yes"}, settings)
+
+
+# -- a load that crashes the engine ------------------------------------------------------------
+
+EXTRA = ExtraBuffers(True, ("CPU_REPACK",), frozenset({"AVX2"}))
+
+
+class CrashingPath:
+    """The CPU path seam: ``EXTRA`` until told of a crash, then what ``after`` says (what
+    ``CpuPath.record_crash`` does in ``auto``: PLAIN; in ``on``: EXTRA again)."""
+
+    def __init__(self, after: ExtraBuffers) -> None:
+        self.extra = EXTRA
+        self.after = after
+        self.asked = 0
+
+    async def __call__(self) -> ExtraBuffers:
+        self.asked += 1
+        return self.extra
+
+    def crash(self, config: LoadConfig) -> EngineCrashed:
+        self.extra = self.after  # the observer hears of it before the error is raised
+        return EngineCrashed(
+            "killed by SIGILL", signal=4, extra_buffers=config.extra_buffers.on, during_load=True
+        )
+
+
+def crashing_scenario(
+    body: Callable[[World, CrashingPath], Awaitable[None]], after: ExtraBuffers, crashes: int
+) -> None:
+    """The first ``crashes`` loads die as a runner killed by SIGILL does."""
+    path = CrashingPath(after)
+
+    async def run(w: World) -> None:
+        w.factory.crash = lambda server: (
+            path.crash(server.config) if w.factory.servers.index(server) < crashes else None
+        )
+        await body(w, path)
+
+    scenario(run, cpu_path=path)
+
+
+def test_a_load_that_crashes_with_extra_buffers_is_loaded_again_without_them() -> None:
+    async def body(w: World, path: CrashingPath) -> None:
+        served = await w.use("a")
+        first, second = w.factory.servers
+        assert first.config.extra_buffers == EXTRA and first.closed
+        assert second is served and second.config.extra_buffers == PLAIN
+        assert w.loaded() == ["a"]
+
+    crashing_scenario(body, after=PLAIN, crashes=1)
+
+
+def test_a_crash_on_a_path_that_does_not_change_is_not_retried() -> None:
+    # POLLAMA_CPU_EXTRA_BUFFERS=on: the verdict changes nothing, so loading again would
+    # only crash again.
+    async def body(w: World, path: CrashingPath) -> None:
+        with pytest.raises(EngineCrashed, match="SIGILL"):
+            await w.use("a")
+        assert len(w.factory.servers) == 1 and w.loaded() == []
+
+    crashing_scenario(body, after=EXTRA, crashes=1)
+
+
+def test_a_crash_on_the_plain_path_too_is_reported_not_looped() -> None:
+    async def body(w: World, path: CrashingPath) -> None:
+        with pytest.raises(EngineCrashed):
+            await w.use("a")
+        assert [s.config.extra_buffers for s in w.factory.servers] == [EXTRA, PLAIN]
+        assert all(s.closed for s in w.factory.servers)
+
+    crashing_scenario(body, after=PLAIN, crashes=2)

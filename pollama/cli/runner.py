@@ -16,8 +16,9 @@ def runner(
 ) -> None:
     from pollama.runner.app import serve  # imports llama.cpp: only in the runner
 
+    settings = Settings.from_env()
     try:
-        serve(model, port, verbose=Settings.from_env().debug)
+        serve(model, port, verbose=settings.debug, test_crash=settings.test_crash)
     except PollamaError as exc:
         # The server's status writer keeps this line as the reason the runner died.
         typer.echo(f"error: {exc}", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import uvicorn
 
@@ -14,6 +15,7 @@ log = logging.getLogger(__name__)
 def serve() -> None:
     from pollama.api.app import create_app
     from pollama.api.state import ServerState
+    from pollama.engine.cpu_path import CpuPath
     from pollama.server.scheduler import Scheduler
     from pollama.server.store import Store
 
@@ -26,7 +28,13 @@ def serve() -> None:
         removed = store.prune()
         if removed:
             log.info("pruned unreferenced blobs: count=%d", len(removed))
-    state = ServerState(settings, store, Scheduler.create(settings))
+    cpu_path = CpuPath.for_settings(settings)
+    # What the engine is and which CPU path loads take: the probe runs once per build
+    # and CPU (about a second), beside the server's start rather than before it.
+    threading.Thread(
+        target=lambda: log.info("%s", cpu_path.summary()), name="engine-probe", daemon=True
+    ).start()
+    state = ServerState(settings, store, Scheduler.create(settings, cpu_path=cpu_path))
     uvicorn.run(
         create_app(state),
         host=settings.host,

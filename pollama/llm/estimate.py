@@ -10,6 +10,9 @@
   sequence instead.
 - The compute graph is an estimate here; the runner replaces it with what
   llama.cpp measures on a dry-run load.
+- On a CPU-only load with llama.cpp's extra buffer types on, the repacked
+  copies of the CPU's weights (``pollama.engine.kernels``) are added to the
+  layers that hold them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Sequence
 import gguf
 
 from pollama.discover.types import DeviceInfo
+from pollama.engine.kernels import extra_bytes, tied_output_bytes
 from pollama.ggufmeta import GGUFModel
 from pollama.llm.memory import BackendMemory, DeviceMemory
 from pollama.llm.options import LoadConfig
@@ -142,6 +146,17 @@ def estimate_memory(
         if model.has_output_weight
         else (groups["token_embd"].size if "token_embd" in groups else 0)
     )
+    if config.extra_buffers.on and not gpus:
+        extra, mmap = config.extra_buffers, config.use_mmap
+        for layer in range(n_blocks):
+            group = groups.get(f"blk.{layer}")
+            weights[layer] += extra_bytes(group.tensors, extra, use_mmap=mmap) if group else 0
+        for name in output_names:
+            if name in groups:
+                weights[n_blocks] += extra_bytes(groups[name].tensors, extra, use_mmap=mmap)
+        if tied:
+            embd = [t for t in groups["token_embd"].tensors if t.name.endswith("weight")]
+            weights[n_blocks] += tied_output_bytes(embd[0] if embd else None, extra)
     cache = [*kv_cache_per_layer(model, config, swa_full=swa_full), 0]
     graph = graph_size(model, config)
     cpu_graph = graph + output_buffer(model, config)

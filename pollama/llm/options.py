@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from pollama.discover.types import DeviceInfo, SystemInfo
+from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.ggufmeta import GGUFModel
 
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
@@ -68,6 +69,8 @@ class LoadConfig:
     num_gpu: int
     main_gpu: int
     warnings: tuple[str, ...] = ()
+    extra_buffers: ExtraBuffers = PLAIN
+    """llama.cpp's extra CPU buffer types the load uses (``pollama.engine.cpu_path`` decides)."""
 
     @property
     def kv_size(self) -> int:
@@ -96,6 +99,7 @@ def resolve_load_options(
     asked: LoadOptions,
     system: SystemInfo,
     gpus: Sequence[DeviceInfo] = (),
+    extra_buffers: ExtraBuffers = PLAIN,
 ) -> LoadConfig:
     warnings: list[str] = []
 
@@ -134,6 +138,7 @@ def resolve_load_options(
         num_gpu=asked.num_gpu,
         main_gpu=max(0, asked.main_gpu),
         warnings=tuple(warnings),
+        extra_buffers=extra_buffers,
     )
 
 

@@ -123,6 +123,11 @@ class RunnerProcess:
         return self._exited.is_set()
 
     @property
+    def stopping(self) -> bool:
+        """Whether we asked it to stop (so a signal it dies of is ours, not a crash)."""
+        return self._stopping
+
+    @property
     def exit_reason(self) -> str:
         """Why the process ended: its last error line, else its exit status; "" while alive."""
         return self._exit_reason

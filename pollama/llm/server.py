@@ -23,12 +23,22 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import httpx
 
+from pollama.discover.cpu import read_cpu
 from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
-from pollama.errors import InvalidFormat, LoadError, RunnerDied, RunnerError, RunnerHTTPError
+from pollama.engine.build import find_build
+from pollama.engine.crash import crash_signal, explain_crash
+from pollama.errors import (
+    EngineCrashed,
+    InvalidFormat,
+    LoadError,
+    RunnerDied,
+    RunnerError,
+    RunnerHTTPError,
+)
 from pollama.ggufmeta import GGUFModel
 from pollama.llm.layout import Layout, LayoutPolicy
 from pollama.llm.load import load_model
@@ -59,6 +69,14 @@ PROGRESS_INTERVAL = 0.1
 T = TypeVar("T")
 ClientFactory = Callable[[int], RunnerClient]
 
+
+class CrashObserver(Protocol):
+    """Told once when the runner dies of a crash signal (``pollama.engine.cpu_path``'s
+    ``record_crash``); answers whether the next load takes another CPU path."""
+
+    def __call__(self, number: int, *, extra_on: bool, during_load: bool, pid: int) -> bool: ...
+
+
 POLL_INTERVAL = 0.1
 """Seconds between /health polls while a runner starts or loads."""
 EXIT_GRACE = 3.0
@@ -80,6 +98,7 @@ class LlamaServer:
         client: RunnerClient,
         port: int,
         load_request: LoadRequest,
+        on_crash: CrashObserver | None = None,
     ) -> None:
         self._model = model
         self._config = config
@@ -93,6 +112,9 @@ class LlamaServer:
         self._layout = Layout()
         self._close_task: asyncio.Task[None] | None = None
         self._load_progress = 0.0
+        self._on_crash = on_crash
+        self._loaded = False
+        self._crash: EngineCrashed | None = None
 
     @classmethod
     async def start(
@@ -107,6 +129,7 @@ class LlamaServer:
         lora: Sequence[str] = (),
         projector: str = "",
         stop_grace: float = 5.0,
+        on_crash: CrashObserver | None = None,
     ) -> LlamaServer:
         """Start ``pollama runner`` for ``model`` on a free loopback port, seeing only ``gpus``."""
         port = free_port()
@@ -137,8 +160,9 @@ class LlamaServer:
             main_gpu=config.main_gpu,
             lora=tuple(lora),
             projector=projector,
+            extra_buffers=config.extra_buffers,
         )
-        return cls(model, config, settings, process, client, port, request)
+        return cls(model, config, settings, process, client, port, request, on_crash)
 
     # -- facts the scheduler and /api/ps read -------------------------------------------
 
@@ -220,6 +244,7 @@ class LlamaServer:
             watcher.cancel()
         self._memory, self._layout = result.memory, result.layout
         self._load_progress = 1.0
+        self._loaded = True
         return result.devices()
 
     async def _watch_progress(self) -> None:
@@ -380,7 +405,34 @@ class LlamaServer:
         return RunnerError(f"lost connection to the runner: {exc!r}")
 
     def _died(self) -> RunnerDied:
-        return RunnerDied(f"llama runner process has terminated: {self._process.exit_reason}")
+        number = crash_signal(self._process.returncode)
+        if number is None or self._process.stopping:
+            return RunnerDied(f"llama runner process has terminated: {self._process.exit_reason}")
+        if self._crash is None:
+            self._crash = self._explain_crash(number)
+        return self._crash
+
+    def _explain_crash(self, number: int) -> EngineCrashed:
+        """The engine's code killed the runner: say so in words, and tell the observer
+        once (it remembers what this proves about the CPU path)."""
+        extra_on = self._config.extra_buffers.on
+        during_load = not self._loaded
+        retry = False
+        if self._on_crash is not None:
+            retry = self._on_crash(number, extra_on=extra_on, during_load=during_load, pid=self.pid)
+        stage = "while loading the model" if during_load else "while generating"
+        if extra_on:
+            stage += " with llama.cpp's extra CPU buffer types on"
+        message = explain_crash(
+            number,
+            stage,
+            cmake_args=read_cpu().portable_cmake_args(),
+            version=find_build().version,
+            next_load="pollama loads without those buffer types from now on" if retry else "",
+        )
+        return EngineCrashed(
+            message, signal=number, extra_buffers=extra_on, during_load=during_load
+        )
 
     # -- shutdown -----------------------------------------------------------------------
 

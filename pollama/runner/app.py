@@ -190,9 +190,9 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
-def serve(model: str, port: int, *, verbose: bool = False) -> None:
+def serve(model: str, port: int, *, verbose: bool = False, test_crash: str = "") -> None:
     """Run the runner until terminated. Loopback only: the runner trusts its caller."""
-    engine = Engine(model, verbose=verbose)
+    engine = Engine(model, verbose=verbose, test_crash=test_crash)
     engine.start()
     config = uvicorn.Config(
         create_app(engine),

@@ -37,6 +37,7 @@ from pollama.llm.memory import BackendMemory
 from pollama.llm.options import FlashAttention, LoadConfig
 from pollama.runner import llama
 from pollama.runner.buffers import BufferSizes, visible_devices
+from pollama.runner.crash_hook import crash_if_asked
 from pollama.runner.measure import measured_memory
 from pollama.runner.protocol import (
     CompletionChunk,
@@ -153,8 +154,9 @@ class _Loaded:
 class Engine:
     """Owns the model. Public methods are thread-safe; the ``_`` ones run on the engine thread."""
 
-    def __init__(self, model_path: str, *, verbose: bool = False) -> None:
+    def __init__(self, model_path: str, *, verbose: bool = False, test_crash: str = "") -> None:
         self.model_path = model_path
+        self._test_crash = test_crash
         self.gguf: GGUFModel = read_model(model_path)
         self._log = llama.LlamaLog(verbose)
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -309,6 +311,30 @@ class Engine:
         if self._loaded.threadpool is not None:
             self._loaded.threadpool.attach(ctx)
         self._slots = [Slot(i) for i in range(config.parallel)]
+        self._warm_up(self._loaded)
+
+    def _warm_up(self, loaded: _Loaded) -> None:
+        """Decode two tokens once, now, and forget them.
+
+        A kernel this CPU cannot run (an AMX tile instruction a VM traps) kills the
+        process on its first matrix product; here that happens while the server
+        still waits for /load, so it can load again on the plain path, instead of
+        in the middle of somebody's request. Two rows, because AMX runs its tiles
+        only for batches of more than one; the one logits row covers the single-row
+        kernels. llama-server warms up the same way.
+        """
+        crash_if_asked(self._test_crash, "runner", extra_buffers=loaded.config.extra_buffers.on)
+        vocab = loaded.vocab
+        tokens = [t if 0 <= t < vocab.size else 0 for t in (vocab.bos, vocab.eos)]
+        batch = loaded.batch
+        batch.clear()
+        for pos, token in enumerate(tokens[: batch.capacity]):
+            batch.add(token, pos, 0, logits=pos == min(len(tokens), batch.capacity) - 1)
+        status = batch.decode(loaded.ctx)
+        batch.clear()
+        L.llama_memory_seq_rm(L.llama_get_memory(loaded.ctx), 0, -1, -1)
+        if status != 0:
+            raise EngineError(f"llama.cpp could not decode the warm-up batch (status {status})")
 
     def _open(
         self, request: LoadRequest, config: LoadConfig, *, dry_run: bool
@@ -325,6 +351,7 @@ class Engine:
                 main_gpu=request.main_gpu,
                 use_mmap=request.use_mmap and not dry_run,
                 dry_run=dry_run,
+                extra_buffers=request.extra_buffers.on,
                 progress=None if dry_run else self._progress_cb,
             )
             model = L.llama_model_load_from_file(self.model_path.encode(), params)
@@ -845,6 +872,7 @@ def _config(request: LoadRequest) -> LoadConfig:
         use_mmap=request.use_mmap,
         num_gpu=request.layout.count,
         main_gpu=request.main_gpu,
+        extra_buffers=request.extra_buffers,
     )
 
 

@@ -79,11 +79,19 @@ class LlamaLog:
 
 
 def model_params(
-    *, gpu_layers: int, main_gpu: int, use_mmap: bool, dry_run: bool, progress: Any
+    *,
+    gpu_layers: int,
+    main_gpu: int,
+    use_mmap: bool,
+    dry_run: bool,
+    progress: Any,
+    extra_buffers: bool,
 ) -> Any:
     params = L.llama_model_default_params()
     params.n_gpu_layers = gpu_layers
     params.main_gpu = main_gpu
+    # AMX / CPU_REPACK weight layouts: on only where this CPU runs them (pollama.engine).
+    params.use_extra_bufts = extra_buffers
     if dry_run:
         # no_alloc asserts unless nothing is mapped or read.
         params.no_alloc = True
@@ -171,6 +179,14 @@ class Vocab:
     @property
     def handle(self) -> Any:
         return self._vocab
+
+    @property
+    def bos(self) -> int:
+        return int(L.llama_vocab_bos(self._vocab))
+
+    @property
+    def eos(self) -> int:
+        return int(L.llama_vocab_eos(self._vocab))
 
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         data = text.encode("utf-8")

@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import Any
 
 from pollama.discover.types import DeviceID
+from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.llm.layout import GPULayers, Layout
 from pollama.llm.memory import BackendMemory, DeviceMemory
 
@@ -94,12 +95,16 @@ class LoadRequest:
     main_gpu: int = 0
     lora: tuple[str, ...] = ()
     projector: str = ""
+    extra_buffers: ExtraBuffers = PLAIN
+    """llama.cpp's extra CPU buffer types: on or off, and what the estimate needs of them."""
 
     def to_json(self) -> dict[str, Any]:
-        body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layout"}
+        skip = ("layout", "extra_buffers")
+        body = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         body["operation"] = self.operation.value
         body["lora"] = list(self.lora)
         body["gpu_layers"] = layout_to_json(self.layout)
+        body["extra_buffers"] = self.extra_buffers.to_json()
         return body
 
     @classmethod
@@ -118,6 +123,7 @@ class LoadRequest:
                 main_gpu=int(body.get("main_gpu", 0)),
                 lora=tuple(str(p) for p in body.get("lora", ())),
                 projector=str(body.get("projector", "") or ""),
+                extra_buffers=ExtraBuffers.from_json(body.get("extra_buffers")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ProtocolError(f"bad load request: {exc}") from None

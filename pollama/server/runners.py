@@ -23,7 +23,7 @@ from pollama.ggufmeta import GGUFModel
 from pollama.llm.layout import LayoutPolicy
 from pollama.llm.memory import BackendMemory
 from pollama.llm.options import LoadConfig, LoadOptions
-from pollama.llm.server import LlamaServer
+from pollama.llm.server import CrashObserver, LlamaServer
 from pollama.runner.protocol import (
     CompletionChunk,
     CompletionDone,
@@ -289,9 +289,12 @@ def eviction_order(runners: Sequence[Runner], now: float) -> list[Runner]:
 
 
 def llama_server_factory(
-    settings: Settings, runner_command: Sequence[str] | None = None
+    settings: Settings,
+    runner_command: Sequence[str] | None = None,
+    on_crash: CrashObserver | None = None,
 ) -> ServerFactory:
-    """The production ``ServerFactory``: ``LlamaServer.start`` for the spec's files."""
+    """The production ``ServerFactory``: ``LlamaServer.start`` for the spec's files;
+    ``on_crash`` hears of runners the engine's code killed (the CPU path's verdicts)."""
 
     async def start(
         spec: ModelSpec, config: LoadConfig, gpus: Sequence[DeviceInfo]
@@ -304,6 +307,7 @@ def llama_server_factory(
             runner_command=runner_command,
             lora=spec.adapters,
             projector=spec.projector,
+            on_crash=on_crash,
         )
 
     return start

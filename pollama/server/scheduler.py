@@ -38,13 +38,22 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from pollama.discover import discover_gpus, system_info
 from pollama.discover.types import DeviceInfo, SystemInfo
-from pollama.errors import InsufficientMemory, LoadError, LoadRequiredFull, PollamaError, QueueFull
+from pollama.engine.cpu_path import CpuPath
+from pollama.engine.kernels import PLAIN, ExtraBuffers
+from pollama.errors import (
+    EngineCrashed,
+    InsufficientMemory,
+    LoadError,
+    LoadRequiredFull,
+    PollamaError,
+    QueueFull,
+)
 from pollama.llm.layout import LayoutPolicy
 from pollama.llm.options import LoadConfig, LoadOptions, resolve_load_options
 from pollama.server.keepalive import load_options, normalize_keep_alive
@@ -71,6 +80,10 @@ MIN_TIMER_DELAY = 0.001
 """Seconds; the expiry timer never sleeps less."""
 
 
+async def _plain_path() -> ExtraBuffers:
+    return PLAIN
+
+
 class Scheduler:
     """Loads, shares, expires and evicts runners. All methods run on one event loop."""
 
@@ -84,6 +97,7 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         on_load: Callable[[str, float], None] | None = None,
         on_restart: Callable[[str], None] | None = None,
+        cpu_path: Callable[[], Awaitable[ExtraBuffers]] = _plain_path,
     ) -> None:
         self.on_load = on_load
         """Called with (model, seconds by the clock) when a load finishes."""
@@ -94,6 +108,7 @@ class Scheduler:
         self._system_probe = system_probe
         self._gpu_probe = gpu_probe
         self._clock = clock
+        self._cpu_path = cpu_path
         self._runners: dict[str, Runner] = {}
         self._loading: dict[str, PendingLoad] = {}
         self._starting: dict[str, LlamaServerLike] = {}
@@ -111,13 +126,21 @@ class Scheduler:
         self._shutdown_task: asyncio.Task[None] | None = None
 
     @classmethod
-    def create(cls, settings: Settings, server_factory: ServerFactory | None = None) -> Scheduler:
+    def create(
+        cls,
+        settings: Settings,
+        server_factory: ServerFactory | None = None,
+        cpu_path: CpuPath | None = None,
+    ) -> Scheduler:
         """A scheduler over real runners, real GPUs and system memory."""
+        path = cpu_path or CpuPath.for_settings(settings)
         return cls(
             settings,
-            server_factory=server_factory or llama_server_factory(settings),
+            server_factory=server_factory
+            or llama_server_factory(settings, on_crash=path.record_crash),
             system_probe=system_info,
             gpu_probe=lambda: discover_gpus(settings),
+            cpu_path=path.extra_buffers,
         )
 
     @property
@@ -384,11 +407,15 @@ class Scheduler:
 
     async def _load_runner(self, spec: ModelSpec, asked: LoadOptions, keep_alive: float) -> Runner:
         partial = False
+        crash: tuple[EngineCrashed, ExtraBuffers] | None = None
         while True:
             await self._settle_closes()
             system, gpus = self._system_probe(), self._gpu_probe()
             self._gpu_count = len(gpus)
-            config = resolve_load_options(spec.model, asked, system, gpus)
+            extra = await self._cpu_path()
+            if crash is not None and extra == crash[1]:
+                raise crash[0]  # the same path would only crash again
+            config = resolve_load_options(spec.model, asked, system, gpus, extra)
             for warning in config.warnings:
                 log.warning("%s model=%s", warning, spec.name)
             policy = LayoutPolicy(
@@ -423,6 +450,14 @@ class Scheduler:
                 if (victim := self._victim()) is None:
                     raise
                 self._unload(victim, f"making room for {spec.name}")
+                continue
+            except EngineCrashed as exc:
+                # The CPU path's verdict has heard of it: when it now says another path,
+                # load once more on that one; the same path would only crash again.
+                if crash is not None:
+                    raise
+                log.warning("load crashed the engine model=%s: %s", spec.name, exc)
+                crash = (exc, config.extra_buffers)
                 continue
             seconds = self._clock() - started
             log.info("model loaded model=%s pid=%d seconds=%.2f", spec.name, server.pid, seconds)
