@@ -10,11 +10,13 @@ with no server, nothing is loaded.
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import typer
 
 from pollama.cli.create import create
 from pollama.cli.fit import fit
+from pollama.cli.info import info
 from pollama.cli.models import copy, list_models, ps, remove, show, stop
 from pollama.cli.run import run
 from pollama.cli.runner import runner
@@ -51,13 +53,36 @@ app.command(
     help="Show where a model's layers would go on these (or simulated) GPUs, and the memory "
     "each device needs, without loading it."
 )(fit)
+app.command(
+    help="Show the engine (llama.cpp build), what this CPU allows, the GPU libraries, and "
+    "whether loads use llama.cpp's extra CPU buffer types (AMX, CPU_REPACK)."
+)(info)
 app.command(help="Serve one model to a pollama server (started by the server).", hidden=True)(
     runner
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        from pollama import __version__
+
+        try:
+            engine = metadata.version("llama-cpp-python")
+        except metadata.PackageNotFoundError:
+            engine = "not installed"
+        typer.echo(f"pollama version {__version__} (llama-cpp-python {engine}; see pollama info)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _configure() -> None:
+def _configure(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
     settings = Settings.from_env()
     logging.basicConfig(
         level=logging.DEBUG if settings.debug else logging.WARNING,

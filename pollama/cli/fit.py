@@ -13,6 +13,7 @@ from rich.table import Table
 from pollama import discover
 from pollama.demo import resolve_model_path
 from pollama.discover.types import DeviceInfo, SystemInfo
+from pollama.engine.cpu_path import CpuPath
 from pollama.errors import PollamaError
 from pollama.ggufmeta import read_model
 from pollama.llm.layout import LayoutPolicy, format_layers
@@ -53,6 +54,12 @@ def fit(
     require_full: Annotated[
         bool, typer.Option(help="Fail unless the whole model fits on the GPUs.")
     ] = False,
+    use_mmap: Annotated[
+        bool | None,
+        typer.Option(
+            "--mmap/--no-mmap", help="Map the file instead of reading it (default: as the server)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     settings = Settings.from_env()
@@ -71,8 +78,12 @@ def fit(
             parallel=parallel or settings.num_parallel,
             flash_attention=fa,
             kv_cache_type=kv_cache_type if kv_cache_type is not None else settings.kv_cache_type,
+            use_mmap=use_mmap,
         )
-        config = resolve_load_options(gguf, asked, system, gpus)
+        # The CPU path the server's runners would take: it decides whether llama.cpp keeps
+        # repacked copies of the CPU's weights.
+        extra = CpuPath.for_settings(settings).decide().extra
+        config = resolve_load_options(gguf, asked, system, gpus, extra)
         policy = LayoutPolicy(
             num_gpu=num_gpu,
             require_full=require_full,
@@ -135,6 +146,7 @@ def fit_report(
         "kv_cache_type": config.kv_cache_type,
         "flash_attention": config.flash_attention.value,
         "use_mmap": config.use_mmap,
+        "extra_buffers": config.extra_buffers.to_json(),
         "layers": {"total": memory.n_layers, "gpu": placement.layout.count},
         "layout": str(placement.layout),
         "processor": memory.processor(),
@@ -162,7 +174,8 @@ def _print_table(model: str, report: dict[str, Any], placement: Placement) -> No
     title = (
         f"{model}: {layers['gpu']}/{layers['total']} layers on GPU · "
         f"num_ctx {report['num_ctx']} × {report['parallel']} · "
-        f"KV {report['kv_cache_type']} · flash attention {report['flash_attention']}"
+        f"KV {report['kv_cache_type']} · flash attention {report['flash_attention']} · "
+        f"extra CPU buffers {placement.config.extra_buffers.describe()}"
     )
     table = Table(title=title, title_justify="left")
     for column in ("device", "layers", "weights", "KV cache", "graph", "total", "free"):
