@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pollama.demo import demo_model_path
+from pollama.ggufmeta import read_model
 
 N_LAYERS = 31  # SmolLM2: 30 blocks + the output layer
 
@@ -140,3 +141,31 @@ def test_corrupt_model_file_exits_1(tmp_path: Path):
     not_gguf = tmp_path / "notes.txt"
     shutil.copy(__file__, not_gguf)
     assert "invalid model file" in pollama("fit", str(not_gguf)).stderr
+
+
+def test_mapped_weights_with_extra_buffers_count_the_repacked_copies(q4_0_model):
+    # Q4_0 is what the CPU repackers and AMX take: with the file mapped and the extra
+    # buffer types on, llama.cpp holds those weights twice, and fit says so.
+    def weights(setting: str, mmap: str) -> tuple[int, dict]:
+        result = pollama(
+            "fit",
+            str(q4_0_model),
+            "--json",
+            mmap,
+            env={"POLLAMA_CPU_EXTRA_BUFFERS": setting},
+        )
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        return report["cpu"]["weights"] + report["cpu"]["input_weights"], report
+
+    off, report_off = weights("off", "--mmap")
+    on, report_on = weights("on", "--mmap")
+    assert report_off["use_mmap"] and report_off["extra_buffers"]["on"] is False
+    assert report_on["extra_buffers"]["on"] is True
+    assert off == sum(t.n_bytes for t in read_model(q4_0_model).tensors)  # the file's bytes
+    if report_on["extra_buffers"]["types"]:  # this build has AMX or CPU_REPACK
+        assert on > 1.5 * off  # nearly every weight is held twice
+        unmapped, _ = weights("on", "--no-mmap")
+        assert off < unmapped < on  # only the tied LM head's copy
+    else:
+        assert on == off

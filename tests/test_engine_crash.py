@@ -34,13 +34,16 @@ def store_in(state: Path) -> VerdictStore:
     return VerdictStore(state, find_build().key, read_cpu().identity)
 
 
-def passed_probe(state: Path) -> None:
-    """A state directory whose probe found both paths working: the first load takes the
-    extra buffer types, whatever this CPU would really do with them (the hook kills the
-    runner before any kernel runs)."""
+def crashing(tmp_path: Path, hook: str) -> dict[str, str]:
+    """A server's environment: the runner dies by ``hook``, and its own state directory
+    says the probe found both paths working, so the first load takes the extra buffer
+    types whatever this CPU would really do with them (the hook kills the runner
+    before any kernel runs)."""
+    state = tmp_path / "state"
     session = CpuPath.for_settings(Settings.from_env()).verdict()
     info = session.info if session else None
     store_in(state).save(Verdict(ExtraPath.WORKS, "the probe passed (test)", info, now()))
+    return {"POLLAMA_STATE_DIR": str(state), "POLLAMA_TEST_CRASH": hook}
 
 
 def generate(server: Server, keep_alive: int | None = None) -> dict:
@@ -88,9 +91,8 @@ def test_a_probe_killed_by_sigill_says_which_path_did_it(hook, expected) -> None
 
 @pytest.mark.llama
 def test_a_runner_killed_with_extra_buffers_is_recovered_and_remembered(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    passed_probe(state)
-    env = {"POLLAMA_STATE_DIR": str(state), "POLLAMA_TEST_CRASH": "runner:SIGILL"}
+    env = crashing(tmp_path, "runner:SIGILL")
+    state = Path(env["POLLAMA_STATE_DIR"])
     server = Server(tmp_path, **env)
     try:
         first = generate(server, keep_alive=0)
@@ -122,10 +124,7 @@ def test_a_runner_killed_with_extra_buffers_is_recovered_and_remembered(tmp_path
 
 @pytest.mark.llama
 def test_a_crash_on_every_path_is_explained_and_not_repeated(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    passed_probe(state)
-    hook = {"POLLAMA_STATE_DIR": str(state), "POLLAMA_TEST_CRASH": "runner:SIGILL:always"}
-    server = Server(tmp_path, **hook)
+    server = Server(tmp_path, **crashing(tmp_path, "runner:SIGILL:always"))
     try:
         failed = generate(server)
         assert failed["status"] == 500

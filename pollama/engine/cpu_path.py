@@ -12,8 +12,9 @@ turned off by guesswork:
 3. Every runner is a second witness: one killed by SIGILL with them on (or
    SIGSEGV/SIGBUS while loading) turns them off for this build and CPU, and
    the scheduler loads the model again without them. One killed by SIGILL
-   without them means the build cannot run here at all: later loads fail at
-   once with the same explanation instead of crashing again.
+   without them while loading (its warm-up decode) means the build cannot run
+   here at all: later loads fail at once with the same explanation instead of
+   crashing again.
 
 ``decide`` is the pure rule; ``CpuPath`` holds the state and does the I/O.
 """
@@ -178,7 +179,8 @@ class CpuPath:
             verdict = Verdict(
                 ExtraPath.TRAPS, f"{witness} with the extra CPU buffer types on", info, now()
             )
-        elif not extra_on and number == signal.SIGILL:
+        elif not extra_on and number == signal.SIGILL and during_load:
+            # Not even the warm-up's two tokens run: every load would die the same way.
             verdict = Verdict(ExtraPath.ENGINE_CRASHES, f"{witness} on the plain path", info, now())
         else:
             return False
