@@ -45,6 +45,7 @@ from typing import Any
 from pollama.discover import discover_gpus, system_info
 from pollama.discover.types import DeviceInfo, SystemInfo
 from pollama.engine.cpu_path import CpuPath
+from pollama.engine.crash import signal_name
 from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.errors import (
     EngineCrashed,
@@ -456,7 +457,12 @@ class Scheduler:
                 # load once more on that one; the same path would only crash again.
                 if crash is not None:
                     raise
-                log.warning("load crashed the engine model=%s: %s", spec.name, exc)
+                log.warning(
+                    "load crashed the engine model=%s signal=%s extra_buffers=%s",
+                    spec.name,
+                    signal_name(exc.signal),
+                    exc.extra_buffers,
+                )
                 crash = (exc, config.extra_buffers)
                 continue
             seconds = self._clock() - started
