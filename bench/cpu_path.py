@@ -23,8 +23,8 @@ from pathlib import Path
 
 from bench.raw import RawEngine
 from pollama.demo import demo_model_path
-from pollama.discover.cpu import read_cpu
-from pollama.runner.protocol import SamplingOptions
+from pollama.devices.cpu import read_cpu
+from pollama.protocol.wire import SamplingOptions
 
 PROMPT = (
     "<|im_start|>system\nYou are a careful assistant who answers in detail.<|im_end|>\n"

@@ -30,7 +30,7 @@ import httpx
 from bench.raw import RawEngine
 from bench.runner import NUM_CTX, PROMPT, Result, report
 from pollama.demo import demo_model_path
-from pollama.runner.protocol import SamplingOptions
+from pollama.protocol.wire import SamplingOptions
 
 
 @contextmanager

@@ -10,8 +10,8 @@ from typing import Any
 import llama_cpp as L
 
 from pollama.engine.cpu_path import CpuPath
+from pollama.protocol.wire import SamplingOptions
 from pollama.runner import llama
-from pollama.runner.protocol import SamplingOptions
 from pollama.settings import Settings
 
 

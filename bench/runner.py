@@ -22,13 +22,13 @@ import psutil
 
 from bench.raw import RawEngine
 from pollama.demo import demo_model_path
-from pollama.discover import system_info
+from pollama.devices import system_info
 from pollama.engine.cpu_path import CpuPath
 from pollama.ggufmeta import read_model
-from pollama.llm.layout import LayoutPolicy
-from pollama.llm.options import LoadOptions, resolve_load_options
 from pollama.llm.server import LlamaServer
-from pollama.runner.protocol import CompletionDone, CompletionRequest, SamplingOptions
+from pollama.memory.layout import LayoutPolicy
+from pollama.options.load import LoadOptions, resolve_load_options
+from pollama.protocol.wire import CompletionDone, CompletionRequest, SamplingOptions
 from pollama.settings import Settings
 
 PROMPT = (

@@ -30,8 +30,8 @@ from typing import Any
 
 import llama_cpp as L
 
+from pollama.protocol.wire import SamplingOptions
 from pollama.runner.llama import SlotSampler, Threadpool, Vocab
-from pollama.runner.protocol import SamplingOptions
 
 
 class Probe:

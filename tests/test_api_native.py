@@ -12,7 +12,7 @@ import pytest
 from serving import GREEDY, Server
 from toolmodel import WEATHER_TOOL, create_tool_model
 
-from pollama.runner.protocol import memory_from_json
+from pollama.protocol.wire import memory_from_json
 
 pytestmark = pytest.mark.llama
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from pollama.discover.cpu import CpuInfo, read_cpu
+from pollama.devices.cpu import CpuInfo, read_cpu
 from pollama.engine.build import EngineBuild
 from pollama.engine.cpu_path import CpuPath, decide, verdict_from_probe
 from pollama.engine.crash import crash_signal, explain_crash

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import pollama.discover as discover
-from pollama.discover import (
+import pollama.devices as discover
+from pollama.devices import (
     DeviceID,
     DeviceInfo,
     amd_gpus,
@@ -183,7 +183,7 @@ def test_discover_gpus_uses_simulated_inventory(
 
     monkeypatch.setattr(discover, "nvidia_gpus", lambda: probe("nvidia"))
     monkeypatch.setattr(discover, "amd_gpus", lambda: probe("amd"))
-    with caplog.at_level(logging.INFO, logger="pollama.discover"):
+    with caplog.at_level(logging.INFO, logger="pollama.devices"):
         devices = discover_gpus(Settings(simulated_gpus="cuda:24GiB,cuda:8GiB"))
     assert probed == []
     assert [(str(d.id), d.total_memory) for d in devices] == [

@@ -17,7 +17,7 @@ import pytest
 from serving import Server
 
 from pollama.demo import demo_model_path
-from pollama.discover.cpu import read_cpu
+from pollama.devices.cpu import read_cpu
 from pollama.engine.build import find_build
 from pollama.engine.cpu_path import CpuPath, verdict_from_probe
 from pollama.engine.kernels import ExtraBuffers, extra_buffer_of, is_matmul_weight

@@ -12,12 +12,12 @@ import pytest
 from gguf_files import write_gguf
 
 from pollama.demo import demo_model_path
-from pollama.discover.types import SystemInfo
+from pollama.devices.types import SystemInfo
 from pollama.engine.cpu_path import CpuPath
 from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.ggufmeta import read_model
-from pollama.llm.estimate import estimate_memory, kv_cache_per_layer
-from pollama.llm.options import FlashAttention, LoadOptions, resolve_load_options
+from pollama.memory.estimate import estimate_memory, kv_cache_per_layer
+from pollama.options.load import FlashAttention, LoadOptions, resolve_load_options
 from pollama.settings import Settings
 from pollama.units import GiB
 

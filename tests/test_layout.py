@@ -10,9 +10,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
 from pollama.errors import InsufficientMemory, LoadRequiredFull
-from pollama.llm.layout import (
+from pollama.memory.layout import (
     GPULayers,
     Layout,
     LayoutPolicy,
@@ -20,7 +20,7 @@ from pollama.llm.layout import (
     create_layout,
     place,
 )
-from pollama.llm.memory import BackendMemory, DeviceMemory
+from pollama.memory.types import BackendMemory, DeviceMemory
 from pollama.units import GiB, MiB
 
 RESERVE = 457 * MiB  # CUDA's minimum reserve
@@ -169,8 +169,8 @@ def test_same_input_same_layout_and_hash(sizes, frees, num_gpu, spread):
 def test_digest_is_stable_across_processes_and_tells_layouts_apart():
     layout = Layout((GPULayers(DeviceID("CUDA", "0"), (3, 4, 5)),))
     code = (
-        "from pollama.llm.layout import Layout, GPULayers;"
-        "from pollama.discover.types import DeviceID;"
+        "from pollama.memory.layout import Layout, GPULayers;"
+        "from pollama.devices.types import DeviceID;"
         "print(Layout((GPULayers(DeviceID('CUDA', '0'), (3, 4, 5)),)).digest())"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

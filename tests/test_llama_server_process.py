@@ -21,14 +21,14 @@ import psutil
 import pytest
 
 from pollama.demo import demo_model_path
-from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
 from pollama.errors import InvalidFormat, LoadError, RunnerDied, RunnerError, RunnerHTTPError
 from pollama.ggufmeta import read_model
-from pollama.llm.layout import LayoutPolicy
-from pollama.llm.options import FlashAttention, LoadConfig
 from pollama.llm.server import LlamaServer
 from pollama.llm.status import StatusWriter
-from pollama.runner.protocol import (
+from pollama.memory.layout import LayoutPolicy
+from pollama.options.load import FlashAttention, LoadConfig
+from pollama.protocol.wire import (
     CompletionChunk,
     CompletionDone,
     CompletionRequest,

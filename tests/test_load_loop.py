@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
 from pollama.errors import LoadError, LoadRequiredFull, RunnerDied
-from pollama.llm.layout import Layout, LayoutPolicy, create_layout
 from pollama.llm.load import load_model
-from pollama.llm.memory import BackendMemory, DeviceMemory
-from pollama.runner.protocol import LoadOperation, LoadRequest, LoadResponse
+from pollama.memory.layout import Layout, LayoutPolicy, create_layout
+from pollama.memory.types import BackendMemory, DeviceMemory
+from pollama.protocol.wire import LoadOperation, LoadRequest, LoadResponse
 from pollama.units import GiB, MiB
 
 FIT, ALLOC, COMMIT, CLOSE = (

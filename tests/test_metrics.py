@@ -23,12 +23,12 @@ from pollama.api.app import create_app
 from pollama.api.metrics import CONTENT_TYPE, Metrics, RequestMetrics
 from pollama.api.state import ServerState
 from pollama.demo import demo_model_path
-from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
 from pollama.ggufmeta import read_model
-from pollama.llm.estimate import estimate_memory
-from pollama.llm.layout import GPULayers, Layout, place
-from pollama.llm.memory import BackendMemory
-from pollama.llm.options import LoadOptions, resolve_load_options
+from pollama.memory.estimate import estimate_memory
+from pollama.memory.layout import GPULayers, Layout, place
+from pollama.memory.types import BackendMemory
+from pollama.options.load import LoadOptions, resolve_load_options
 from pollama.server.runners import ModelSpec, Runner
 from pollama.server.scheduler import Scheduler
 from pollama.server.store import Store

@@ -11,10 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pollama.errors import InvalidModelfile
-from pollama.server.manifest import CONFIG_MEDIA_TYPE, Layer, Manifest
-from pollama.server.modelfile import Modelfile, modelfile_for, parameters_text, parse_modelfile
-from pollama.server.names import ModelName
-from pollama.server.parameters import (
+from pollama.options.parameters import (
     OPTIONS,
     InvalidOption,
     OptionType,
@@ -22,6 +19,9 @@ from pollama.server.parameters import (
     parse_parameter,
     validate_options,
 )
+from pollama.server.manifest import CONFIG_MEDIA_TYPE, Layer, Manifest
+from pollama.server.modelfile import Modelfile, modelfile_for, parameters_text, parse_modelfile
+from pollama.server.names import ModelName
 from pollama.server.store import ResolvedModel
 
 EXAMPLE = '''# a chat model

@@ -9,9 +9,9 @@ import pytest
 from gguf_files import write_gguf
 
 from pollama.demo import demo_model_path
-from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
 from pollama.ggufmeta import GGUFModel, read_model
-from pollama.llm.options import FlashAttention, LoadOptions, resolve_load_options
+from pollama.options.load import FlashAttention, LoadOptions, resolve_load_options
 from pollama.units import GiB, MiB
 
 SYSTEM = SystemInfo(total_memory=24 * GiB, free_memory=20 * GiB, free_swap=0, thread_count=6)

@@ -19,15 +19,15 @@ import pytest
 from gguf_files import write_gguf
 
 from pollama.demo import demo_model_path
-from pollama.discover import system_info
+from pollama.devices import system_info
 from pollama.errors import LoadError, RunnerDied, RunnerError, RunnerHTTPError
 from pollama.ggufmeta import read_model
-from pollama.llm.estimate import estimate_memory
 from pollama.llm.grammar import grammar_from_format
-from pollama.llm.layout import Layout, LayoutPolicy
-from pollama.llm.options import LoadOptions, resolve_load_options
 from pollama.llm.server import LlamaServer
-from pollama.runner.protocol import (
+from pollama.memory.estimate import estimate_memory
+from pollama.memory.layout import Layout, LayoutPolicy
+from pollama.options.load import LoadOptions, resolve_load_options
+from pollama.protocol.wire import (
     CompletionChunk,
     CompletionDone,
     CompletionRequest,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pollama.discover.types import DeviceID
-from pollama.llm.memory import BackendMemory, DeviceMemory
+from pollama.devices.types import DeviceID
+from pollama.memory.types import BackendMemory, DeviceMemory
 from pollama.runner.buffers import BufferSizes, device_of_buffer, visible_devices
 from pollama.runner.measure import _spread, measured_memory
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
 from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.errors import (
     EngineCrashed,
@@ -27,8 +27,8 @@ from pollama.errors import (
     RunnerError,
 )
 from pollama.ggufmeta import GGUFModel
-from pollama.llm.layout import LayoutPolicy
-from pollama.llm.options import LoadConfig
+from pollama.memory.layout import LayoutPolicy
+from pollama.options.load import LoadConfig
 from pollama.server.keepalive import load_options, parse_keep_alive
 from pollama.server.scheduler import Lease, ModelSpec, Scheduler
 from pollama.settings import Settings

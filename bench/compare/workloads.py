@@ -89,7 +89,7 @@ class Ceiling:
 
     def __init__(self, config: Config) -> None:
         from bench.raw import RawEngine
-        from pollama.runner.protocol import SamplingOptions
+        from pollama.protocol.wire import SamplingOptions
 
         self._greedy = SamplingOptions(temperature=0, repeat_penalty=1.0)
         self._engine = RawEngine.open(

@@ -34,14 +34,14 @@ from pollama.api.state import ServerState
 from pollama.errors import BadRequest
 from pollama.ggufmeta import GGUFModel
 from pollama.llm.grammar import grammar_from_format, json_schema_to_grammar
-from pollama.runner.protocol import (
+from pollama.options.parameters import validate_options
+from pollama.protocol.wire import (
     CompletionChunk,
     CompletionRequest,
     Logprob,
     SamplingOptions,
 )
 from pollama.server.capabilities import template_thinks
-from pollama.server.parameters import validate_options
 from pollama.server.prompt import (
     Prompt,
     assemble_chat,

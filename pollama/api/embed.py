@@ -20,7 +20,7 @@ from pollama.api.types import (
     EmbedResponse,
 )
 from pollama.errors import BadRequest
-from pollama.server.parameters import validate_options
+from pollama.options.parameters import validate_options
 
 router = APIRouter()
 

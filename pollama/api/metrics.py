@@ -51,9 +51,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pollama.llm.estimate import estimate_memory
-from pollama.llm.layout import GPULayers, Layout, place
-from pollama.llm.memory import BackendMemory, DeviceMemory
+from pollama.memory.estimate import estimate_memory
+from pollama.memory.layout import GPULayers, Layout, place
+from pollama.memory.types import BackendMemory, DeviceMemory
 
 if TYPE_CHECKING:
     from pollama.api.state import ServerState

@@ -41,13 +41,13 @@ from pollama.api.types import (
 )
 from pollama.errors import BadRequest, InvalidModelFile, ModelNotFound, PollamaError
 from pollama.ggufmeta import GGUFModel, TruncatedArray, read_model
+from pollama.options.parameters import OPTIONS, InvalidOption, validate_options
 from pollama.server import registry
 from pollama.server.capabilities import capabilities
 from pollama.server.manifest import parse_digest
 from pollama.server.modelfile import modelfile_for, parameters_text
 from pollama.server.models import model_details
 from pollama.server.names import ModelName
-from pollama.server.parameters import OPTIONS, InvalidOption, validate_options
 from pollama.server.progress import Progress, reporting
 from pollama.server.store import Store
 from pollama.server.template import ChatTemplate, template_for

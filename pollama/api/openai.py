@@ -79,7 +79,7 @@ from pollama.api.openai_types import (
 from pollama.api.state import ServerState
 from pollama.api.streaming import first_and_rest, sse
 from pollama.errors import BadRequest, InvalidModelName, ModelNotFound
-from pollama.runner.protocol import Logprob
+from pollama.protocol.wire import Logprob
 from pollama.server.names import ModelName
 
 router = APIRouter()

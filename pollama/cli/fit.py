@@ -10,16 +10,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pollama import discover
+from pollama import devices
 from pollama.demo import resolve_model_path
-from pollama.discover.types import DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceInfo, SystemInfo
 from pollama.engine.cpu_path import CpuPath
 from pollama.errors import PollamaError
 from pollama.ggufmeta import read_model
-from pollama.llm.layout import LayoutPolicy, format_layers
-from pollama.llm.memory import DeviceMemory
-from pollama.llm.options import LoadOptions, resolve_load_options
-from pollama.llm.placement import Placement, plan_placement
+from pollama.memory.layout import LayoutPolicy, format_layers
+from pollama.memory.placement import Placement, plan_placement
+from pollama.memory.types import DeviceMemory
+from pollama.options.load import LoadOptions, resolve_load_options
 from pollama.settings import Settings
 from pollama.units import format_bytes, parse_size
 
@@ -65,8 +65,8 @@ def fit(
     settings = Settings.from_env()
     try:
         gguf = read_model(resolve_model_path(model))
-        gpus = discover.parse_gpu_specs(gpu) if gpu else discover.discover_gpus(settings)
-        system = discover.system_info()
+        gpus = devices.parse_gpu_specs(gpu) if gpu else devices.discover_gpus(settings)
+        system = devices.system_info()
         if ram is not None:
             free = parse_size(ram)
             system = SystemInfo(max(free, system.total_memory), free, 0, system.thread_count)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pollama import __version__, discover
+from pollama import __version__, devices
 from pollama.engine.cpu_path import CpuPath
 from pollama.errors import EngineUnusable
 from pollama.settings import Settings
@@ -48,7 +48,7 @@ def engine_report(path: CpuPath, settings: Settings, *, recheck: bool = False) -
     cpu_path["verdict"] = verdict.to_json() if verdict else None
     cpu_path["verdict_file"] = str(path.store.path) if path.store else None
     engine_info = verdict.info if verdict else None
-    gpus = discover.discover_gpus(settings)
+    gpus = devices.discover_gpus(settings)
     return {
         "pollama": __version__,
         "engine": {

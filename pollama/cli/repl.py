@@ -17,7 +17,7 @@ from pollama.cli.chat import load_model, stream_reply, verbose_stats
 from pollama.cli.client import Client, ClientError
 from pollama.cli.common import is_terminal
 from pollama.cli.describe import summary
-from pollama.server.parameters import (
+from pollama.options.parameters import (
     OPTIONS,
     InvalidOption,
     OptionType,

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pollama.discover.cpu import CpuInfo, read_cpu
+from pollama.devices.cpu import CpuInfo, read_cpu
 from pollama.engine.build import EngineBuild, find_build
 from pollama.engine.crash import rebuild_command, signal_name
 from pollama.engine.info import EngineInfo

@@ -31,11 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
 from pollama.errors import LoadError
-from pollama.llm.layout import Layout, LayoutPolicy, create_layout
-from pollama.llm.memory import BackendMemory
-from pollama.runner.protocol import LoadOperation, LoadRequest, LoadResponse
+from pollama.memory.layout import Layout, LayoutPolicy, create_layout
+from pollama.memory.types import BackendMemory
+from pollama.protocol.wire import LoadOperation, LoadRequest, LoadResponse
 
 log = logging.getLogger(__name__)
 

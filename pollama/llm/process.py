@@ -22,7 +22,7 @@ import signal
 import socket
 from collections.abc import Mapping, Sequence
 
-from pollama.discover.types import DeviceInfo
+from pollama.devices.types import DeviceInfo
 from pollama.llm.status import StatusWriter
 
 log = logging.getLogger(__name__)

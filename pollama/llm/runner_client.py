@@ -1,4 +1,4 @@
-"""An httpx client for one runner's loopback protocol (``pollama.runner.protocol``).
+"""An httpx client for one runner's loopback protocol (``pollama.protocol.wire``).
 
 It speaks the wire format and nothing else: it does not know whether the
 runner process is alive. Every failure is either an ``httpx.TransportError``
@@ -20,7 +20,7 @@ import httpx
 
 from pollama.errors import RunnerHTTPError
 from pollama.llm.ndjson_stream import post_lines
-from pollama.runner.protocol import (
+from pollama.protocol.wire import (
     CompletionRequest,
     EmbeddingRequest,
     EmbeddingResponse,

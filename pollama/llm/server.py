@@ -27,8 +27,8 @@ from typing import Protocol, TypeVar
 
 import httpx
 
-from pollama.discover.cpu import read_cpu
-from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.cpu import read_cpu
+from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
 from pollama.engine.build import find_build
 from pollama.engine.crash import crash_signal, explain_crash
 from pollama.errors import (
@@ -40,14 +40,14 @@ from pollama.errors import (
     RunnerHTTPError,
 )
 from pollama.ggufmeta import GGUFModel
-from pollama.llm.layout import Layout, LayoutPolicy
 from pollama.llm.load import load_model
-from pollama.llm.memory import BackendMemory
-from pollama.llm.options import LoadConfig
-from pollama.llm.placement import plan_placement
 from pollama.llm.process import RunnerProcess, free_port, runner_environment
 from pollama.llm.runner_client import RunnerClient
-from pollama.runner.protocol import (
+from pollama.memory.layout import Layout, LayoutPolicy
+from pollama.memory.placement import plan_placement
+from pollama.memory.types import BackendMemory
+from pollama.options.load import LoadConfig
+from pollama.protocol.wire import (
     CompletionChunk,
     CompletionDone,
     CompletionRequest,

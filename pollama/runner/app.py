@@ -12,10 +12,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from pollama import discover
-from pollama.runner.engine import Engine, EngineError
-from pollama.runner.engine import Request as EngineRequest
-from pollama.runner.protocol import (
+from pollama import devices
+from pollama.protocol.wire import (
     CompletionChunk,
     CompletionDone,
     CompletionRequest,
@@ -24,6 +22,8 @@ from pollama.runner.protocol import (
     ProtocolError,
     memory_to_json,
 )
+from pollama.runner.engine import Engine, EngineError
+from pollama.runner.engine import Request as EngineRequest
 
 log = logging.getLogger(__name__)
 NDJSON = "application/x-ndjson"
@@ -58,7 +58,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
-        gpus = discover.nvidia_gpus() + discover.amd_gpus()
+        gpus = devices.nvidia_gpus() + devices.amd_gpus()
         return {
             "devices": [
                 {

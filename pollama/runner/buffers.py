@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pollama.discover.types import DeviceID
+from pollama.devices.types import DeviceID
 
 _LINE = re.compile(
     r"\b(?P<buffer>[A-Za-z_]+\d*(?:_[A-Za-z]+)?)\s+(?P<kind>model|KV|compute|output|RS)"

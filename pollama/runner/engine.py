@@ -28,18 +28,14 @@ from typing import Any, TypeVar
 import llama_cpp as L
 import numpy as np
 
-from pollama.discover.types import DeviceInfo
+from pollama.devices.types import DeviceInfo
 from pollama.errors import PollamaError
 from pollama.ggufmeta import GGUFModel, read_model
-from pollama.llm.estimate import estimate_memory
-from pollama.llm.layout import place
-from pollama.llm.memory import BackendMemory
-from pollama.llm.options import FlashAttention, LoadConfig
-from pollama.runner import llama
-from pollama.runner.buffers import BufferSizes, visible_devices
-from pollama.runner.crash_hook import crash_if_asked
-from pollama.runner.measure import measured_memory
-from pollama.runner.protocol import (
+from pollama.memory.estimate import estimate_memory
+from pollama.memory.layout import place
+from pollama.memory.types import BackendMemory
+from pollama.options.load import FlashAttention, LoadConfig
+from pollama.protocol.wire import (
     CompletionChunk,
     CompletionDone,
     CompletionRequest,
@@ -54,6 +50,10 @@ from pollama.runner.protocol import (
     SamplingOptions,
     TokenLogprob,
 )
+from pollama.runner import llama
+from pollama.runner.buffers import BufferSizes, visible_devices
+from pollama.runner.crash_hook import crash_if_asked
+from pollama.runner.measure import measured_memory
 from pollama.runner.text import StreamedText
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import llama_cpp as L
 import numpy as np
 from llama_cpp import llama_cpp as _bindings
 
+from pollama.protocol.wire import SamplingOptions
 from pollama.runner.buffers import BufferSizes
-from pollama.runner.protocol import SamplingOptions
 
 LogSink = Callable[[int, str], None]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pollama.llm.memory import BackendMemory, DeviceMemory
+from pollama.memory.types import BackendMemory, DeviceMemory
 from pollama.runner.buffers import BufferSizes
 
 

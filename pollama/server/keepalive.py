@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from pollama.llm.options import LoadOptions
+from pollama.options.load import LoadOptions
 from pollama.settings import FOREVER, Settings
 from pollama.units import parse_duration
 

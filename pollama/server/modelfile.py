@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pollama.errors import InvalidModelfile
-from pollama.server.parameters import (
+from pollama.options.parameters import (
     InvalidOption,
     ParameterValue,
     collect_parameters,

@@ -18,13 +18,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
 from pollama.ggufmeta import GGUFModel
-from pollama.llm.layout import LayoutPolicy
-from pollama.llm.memory import BackendMemory
-from pollama.llm.options import LoadConfig, LoadOptions
 from pollama.llm.server import CrashObserver, LlamaServer
-from pollama.runner.protocol import (
+from pollama.memory.layout import LayoutPolicy
+from pollama.memory.types import BackendMemory
+from pollama.options.load import LoadConfig, LoadOptions
+from pollama.protocol.wire import (
     CompletionChunk,
     CompletionDone,
     CompletionRequest,

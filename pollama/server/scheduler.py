@@ -42,8 +42,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pollama.discover import discover_gpus, system_info
-from pollama.discover.types import DeviceInfo, SystemInfo
+from pollama.devices import discover_gpus, system_info
+from pollama.devices.types import DeviceInfo, SystemInfo
 from pollama.engine.cpu_path import CpuPath
 from pollama.engine.crash import signal_name
 from pollama.engine.kernels import PLAIN, ExtraBuffers
@@ -55,8 +55,8 @@ from pollama.errors import (
     PollamaError,
     QueueFull,
 )
-from pollama.llm.layout import LayoutPolicy
-from pollama.llm.options import LoadConfig, LoadOptions, resolve_load_options
+from pollama.memory.layout import LayoutPolicy
+from pollama.options.load import LoadConfig, LoadOptions, resolve_load_options
 from pollama.server.keepalive import load_options, normalize_keep_alive
 from pollama.server.runners import (
     Lease,

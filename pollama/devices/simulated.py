@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from pollama.discover.types import DeviceID, DeviceInfo
+from pollama.devices.types import DeviceID, DeviceInfo
 from pollama.errors import InvalidDeviceSpec
 from pollama.units import parse_size
 

@@ -13,8 +13,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pollama.discover._visible import visible_indices
-from pollama.discover.types import DeviceID, DeviceInfo
+from pollama.devices._visible import visible_indices
+from pollama.devices.types import DeviceID, DeviceInfo
 
 logger = logging.getLogger(__name__)
 

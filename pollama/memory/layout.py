@@ -29,9 +29,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
 from pollama.errors import InsufficientMemory, LoadRequiredFull
-from pollama.llm.memory import BackendMemory, DeviceMemory
+from pollama.memory.types import BackendMemory, DeviceMemory
 
 log = logging.getLogger(__name__)
 

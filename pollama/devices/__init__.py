@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from pollama.discover.amd import amd_gpus
-from pollama.discover.nvidia import nvidia_gpus
-from pollama.discover.simulated import parse_gpu_specs
-from pollama.discover.system import system_info
-from pollama.discover.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.amd import amd_gpus
+from pollama.devices.nvidia import nvidia_gpus
+from pollama.devices.simulated import parse_gpu_specs
+from pollama.devices.system import system_info
+from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
 from pollama.settings import Settings
 from pollama.units import format_bytes
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pollama.discover.types import DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceInfo, SystemInfo
 from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.ggufmeta import GGUFModel
 

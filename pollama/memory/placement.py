@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pollama.discover.types import DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceInfo, SystemInfo
 from pollama.ggufmeta import GGUFModel
-from pollama.llm.estimate import estimate_memory
-from pollama.llm.layout import Layout, LayoutPolicy, create_layout, place
-from pollama.llm.memory import BackendMemory
-from pollama.llm.options import LoadConfig
+from pollama.memory.estimate import estimate_memory
+from pollama.memory.layout import Layout, LayoutPolicy, create_layout, place
+from pollama.memory.types import BackendMemory
+from pollama.options.load import LoadConfig
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from pollama.discover.types import SystemInfo
+from pollama.devices.types import SystemInfo
 
 logger = logging.getLogger(__name__)
 

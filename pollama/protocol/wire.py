@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-from pollama.discover.types import DeviceID
+from pollama.devices.types import DeviceID
 from pollama.engine.kernels import PLAIN, ExtraBuffers
-from pollama.llm.layout import GPULayers, Layout
-from pollama.llm.memory import BackendMemory, DeviceMemory
+from pollama.memory.layout import GPULayers, Layout
+from pollama.memory.types import BackendMemory, DeviceMemory
 
 
 class ProtocolError(ValueError):

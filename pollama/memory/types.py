@@ -4,7 +4,7 @@ Layers are numbered ``0 .. n_blocks - 1`` for the repeating blocks and
 ``n_blocks`` for the output layer (output norm + LM head). Input weights (the
 token embeddings) always stay in system memory.
 
-The same types carry the server's estimate (``pollama.llm.estimate``) and,
+The same types carry the server's estimate (``pollama.memory.estimate``) and,
 from the runner, what llama.cpp measured; the layout code reads either.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from pollama.discover.types import DeviceID
+from pollama.devices.types import DeviceID
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 
 import gguf
 
-from pollama.discover.types import DeviceInfo
+from pollama.devices.types import DeviceInfo
 from pollama.engine.kernels import extra_bytes, tied_output_bytes
 from pollama.ggufmeta import GGUFModel
-from pollama.llm.memory import BackendMemory, DeviceMemory
-from pollama.llm.options import LoadConfig
+from pollama.memory.types import BackendMemory, DeviceMemory
+from pollama.options.load import LoadConfig
 
 _CACHE_GGML_TYPES = {
     "f16": gguf.GGMLQuantizationType.F16,

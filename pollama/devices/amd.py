@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pollama.discover._visible import visible_indices
-from pollama.discover.types import DeviceID, DeviceInfo
+from pollama.devices._visible import visible_indices
+from pollama.devices.types import DeviceID, DeviceInfo
 from pollama.units import MiB
 
 logger = logging.getLogger(__name__)
