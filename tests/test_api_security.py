@@ -21,9 +21,9 @@ from pollama.api.security import (
 )
 from pollama.api.state import ServerState
 from pollama.errors import BadRequest
-from pollama.server.scheduler import Scheduler
-from pollama.server.store import Store
+from pollama.scheduler.scheduler import Scheduler
 from pollama.settings import Settings
+from pollama.store.disk import Store
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
+from pollama.chat.capabilities import capabilities
+from pollama.chat.template import ChatTemplate, template_for
 from pollama.demo import demo_model_path
 from pollama.errors import ModelNotFound
 from pollama.ggufmeta import read_model
-from pollama.server.capabilities import capabilities
-from pollama.server.template import ChatTemplate, template_for
 
 LLAMA: dict[str, Any] = {"general.architecture": "llama", "llama.block_count": 30}
 

@@ -20,8 +20,8 @@ from pollama.cli.client import (
 )
 from pollama.cli.create import create_request, local_file, sha256_file
 from pollama.cli.run import parse_keepalive
-from pollama.server.modelfile import parse_modelfile
 from pollama.settings import Settings
+from pollama.store.modelfile import parse_modelfile
 
 
 def client_for(handler: httpx.MockTransport) -> Client:

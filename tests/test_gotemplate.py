@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pollama.chat.template import ChatTemplate
 from pollama.errors import InvalidTemplate
-from pollama.server.template import ChatTemplate
 
 Message = dict[str, Any]
 

@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
+from pollama.chat.grammar import MAX_ITEMS, grammar_from_format, json_schema_to_grammar
 from pollama.demo import demo_model_path
 from pollama.errors import InvalidFormat, UnsupportedSchema
-from pollama.llm.grammar import MAX_ITEMS, grammar_from_format, json_schema_to_grammar
 
 PROBE = Path(__file__).with_name("grammar_probe.py")
 

@@ -29,10 +29,10 @@ from pollama.memory.estimate import estimate_memory
 from pollama.memory.layout import GPULayers, Layout, place
 from pollama.memory.types import BackendMemory
 from pollama.options.load import LoadOptions, resolve_load_options
-from pollama.server.runners import ModelSpec, Runner
-from pollama.server.scheduler import Scheduler
-from pollama.server.store import Store
+from pollama.scheduler.loaded import ModelSpec, Runner
+from pollama.scheduler.scheduler import Scheduler
 from pollama.settings import Settings
+from pollama.store.disk import Store
 from pollama.units import GiB
 
 MODEL = "smollm2:latest"

@@ -19,10 +19,10 @@ from pollama.options.parameters import (
     parse_parameter,
     validate_options,
 )
-from pollama.server.manifest import CONFIG_MEDIA_TYPE, Layer, Manifest
-from pollama.server.modelfile import Modelfile, modelfile_for, parameters_text, parse_modelfile
-from pollama.server.names import ModelName
-from pollama.server.store import ResolvedModel
+from pollama.store.disk import ResolvedModel
+from pollama.store.manifest import CONFIG_MEDIA_TYPE, Layer, Manifest
+from pollama.store.modelfile import Modelfile, modelfile_for, parameters_text, parse_modelfile
+from pollama.store.names import ModelName
 
 EXAMPLE = '''# a chat model
 FROM llama3.2:3b

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pollama.errors import InvalidModelName
-from pollama.server.names import ModelName
-from pollama.server.store import Store
+from pollama.store.disk import Store
+from pollama.store.names import ModelName
 
 VALID = [
     ("llama3", ("registry.ollama.ai", "library", "llama3", "latest")),

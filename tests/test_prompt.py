@@ -11,9 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pollama.demo import demo_model_path
-from pollama.ggufmeta import read_model
-from pollama.server.prompt import (
+from pollama.chat.prompt import (
     InsertUnsupported,
     Prompt,
     assemble_chat,
@@ -23,7 +21,9 @@ from pollama.server.prompt import (
     truncate_chat,
     truncate_chat_sync,
 )
-from pollama.server.template import ChatTemplate, template_for
+from pollama.chat.template import ChatTemplate, template_for
+from pollama.demo import demo_model_path
+from pollama.ggufmeta import read_model
 
 Message = dict[str, Any]
 Kept = list[Mapping[str, Any]]  # what truncation hands a token counter

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pollama.server.reply import (
+from pollama.chat.reply import (
     BARE_JSON,
     TAGGED,
     Content,
@@ -156,7 +156,7 @@ def test_malformed_call_is_raw_content_with_a_warning(
     body: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     raw = f"<tool_call>{body}</tool_call>"
-    with caplog.at_level(logging.WARNING, logger="pollama.server.reply"):
+    with caplog.at_level(logging.WARNING, logger="pollama.chat.reply"):
         events = parse(f"Checking. {raw}\n", tools=TAGGED)
     assert events == [Content(f"Checking. {raw}\n")]
     assert "tool call not parsed" in caplog.text
@@ -164,7 +164,7 @@ def test_malformed_call_is_raw_content_with_a_warning(
 
 def test_unknown_tool_name_is_content(caplog: pytest.LogCaptureFixture) -> None:
     text = tagged(WEATHER)
-    with caplog.at_level(logging.WARNING, logger="pollama.server.reply"):
+    with caplog.at_level(logging.WARNING, logger="pollama.chat.reply"):
         assert parse(text, tools=TAGGED, tool_names=["get_time"]) == [Content(text)]
     assert "unknown tool 'get_weather'" in caplog.text
     assert parse(text, tools=TAGGED, tool_names={"get_weather"}) == [ToolCalls((WEATHER_CALL,))]
@@ -199,7 +199,7 @@ def test_open_only_list_runs_to_the_end() -> None:
 
 
 def test_open_only_failure_is_raw_content(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="pollama.server.reply"):
+    with caplog.at_level(logging.WARNING, logger="pollama.chat.reply"):
         events = parse("Hi [TOOL_CALLS]get_weather[ARGS]{}", tools=MISTRAL)
     assert events == [Content("Hi [TOOL_CALLS]get_weather[ARGS]{}")]
     assert "reason=" in caplog.text
@@ -213,14 +213,14 @@ def test_bare_json_call_after_thinking() -> None:
 
 def test_bare_json_non_call_is_content_without_warning(caplog: pytest.LogCaptureFixture) -> None:
     text = ' {"answer": 42}'
-    with caplog.at_level(logging.WARNING, logger="pollama.server.reply"):
+    with caplog.at_level(logging.WARNING, logger="pollama.chat.reply"):
         assert parse(text, tools=BARE_JSON) == [Content(text)]
     assert caplog.records == []
 
 
 def test_bare_json_broken_call_warns(caplog: pytest.LogCaptureFixture) -> None:
     text = '{"name": "get_weather", "arguments": 1}'
-    with caplog.at_level(logging.WARNING, logger="pollama.server.reply"):
+    with caplog.at_level(logging.WARNING, logger="pollama.chat.reply"):
         assert parse(text, tools=BARE_JSON) == [Content(text)]
     assert "arguments are not an object" in caplog.text
 

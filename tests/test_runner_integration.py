@@ -18,11 +18,11 @@ import psutil
 import pytest
 from gguf_files import write_gguf
 
+from pollama.chat.grammar import grammar_from_format
 from pollama.demo import demo_model_path
 from pollama.devices import system_info
 from pollama.errors import LoadError, RunnerDied, RunnerError, RunnerHTTPError
 from pollama.ggufmeta import read_model
-from pollama.llm.grammar import grammar_from_format
 from pollama.llm.server import LlamaServer
 from pollama.memory.estimate import estimate_memory
 from pollama.memory.layout import Layout, LayoutPolicy
@@ -99,8 +99,10 @@ async def complete(
 ) -> tuple[list[CompletionChunk], CompletionDone]:
     chunks: list[CompletionChunk] = []
     format = fields.pop("format", None)
+    if format is not None:
+        fields["grammar"] = grammar_from_format(format)
     request = CompletionRequest(prompt=prompt, options=options, **fields)
-    async for item in server.completion(request, format=format):
+    async for item in server.completion(request):
         if isinstance(item, CompletionDone):
             return chunks, item
         chunks.append(item)

@@ -29,8 +29,8 @@ from pollama.errors import (
 from pollama.ggufmeta import GGUFModel
 from pollama.memory.layout import LayoutPolicy
 from pollama.options.load import LoadConfig
-from pollama.server.keepalive import load_options, parse_keep_alive
-from pollama.server.scheduler import Lease, ModelSpec, Scheduler
+from pollama.scheduler.keepalive import load_options, parse_keep_alive
+from pollama.scheduler.scheduler import Lease, ModelSpec, Scheduler
 from pollama.settings import Settings
 from pollama.units import GiB
 

@@ -21,7 +21,8 @@ from pollama.errors import (
     InvalidModelfile,
     ModelNotFound,
 )
-from pollama.server.manifest import (
+from pollama.store.disk import Store, ensure_demo
+from pollama.store.manifest import (
     CONFIG_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
     CorruptManifest,
@@ -30,9 +31,8 @@ from pollama.server.manifest import (
     parse_digest,
     parse_manifest,
 )
-from pollama.server.models import ResolvedModel, model_details
-from pollama.server.names import ModelName
-from pollama.server.store import Store, ensure_demo
+from pollama.store.names import ModelName
+from pollama.store.resolved import ResolvedModel, model_details
 
 
 def sha(data: bytes) -> str:

@@ -12,10 +12,10 @@ import gguf
 import pytest
 from gguf_files import write_gguf
 
+from pollama.chat.template import ChatTemplate, detect_syntax, special_tokens, template_for
 from pollama.demo import demo_model_path
 from pollama.errors import InvalidModelFile, InvalidTemplate
 from pollama.ggufmeta import GGUFModel, read_model
-from pollama.server.template import ChatTemplate, detect_syntax, special_tokens, template_for
 
 SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 

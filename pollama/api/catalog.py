@@ -18,7 +18,7 @@ from pollama.api.types import (
     VersionResponse,
     rfc3339,
 )
-from pollama.server.models import model_details
+from pollama.store.resolved import model_details
 
 router = APIRouter()
 # What Ollama reports for a model kept loaded forever.

@@ -14,7 +14,7 @@ model, bad format, thinking or tools the model cannot do, a full queue), so each
 API can still answer with an HTTP status. The lease is released when the event
 stream ends, fails or is closed.
 
-Replies are split into thinking, content and tool calls by ``pollama.server.reply``
+Replies are split into thinking, content and tool calls by ``pollama.chat.reply``
 with the markers the model's template uses. A ``format`` constrains the answer,
 not the thinking: with thinking on, the grammar waits for the end of the thinking
 block (a lazy grammar in the runner).
@@ -31,25 +31,16 @@ from typing import Any, Literal
 
 from pollama.api.metrics import Metrics
 from pollama.api.state import ServerState
-from pollama.errors import BadRequest
-from pollama.ggufmeta import GGUFModel
-from pollama.llm.grammar import grammar_from_format, json_schema_to_grammar
-from pollama.options.parameters import validate_options
-from pollama.protocol.wire import (
-    CompletionChunk,
-    CompletionRequest,
-    Logprob,
-    SamplingOptions,
-)
-from pollama.server.capabilities import template_thinks
-from pollama.server.prompt import (
+from pollama.chat.capabilities import template_thinks
+from pollama.chat.grammar import grammar_from_format, json_schema_to_grammar
+from pollama.chat.prompt import (
     Prompt,
     assemble_chat,
     generate_prompt,
     render_chat,
     truncate_chat,
 )
-from pollama.server.reply import (
+from pollama.chat.reply import (
     Content,
     ReplyParser,
     Thinking,
@@ -60,8 +51,17 @@ from pollama.server.reply import (
     infer_tool_syntax,
     starts_in_thinking,
 )
-from pollama.server.runners import Lease, ModelSpec
-from pollama.server.template import ChatTemplate, special_tokens, template_for
+from pollama.chat.template import ChatTemplate, special_tokens, template_for
+from pollama.errors import BadRequest
+from pollama.ggufmeta import GGUFModel
+from pollama.options.parameters import validate_options
+from pollama.protocol.wire import (
+    CompletionChunk,
+    CompletionRequest,
+    Logprob,
+    SamplingOptions,
+)
+from pollama.scheduler.loaded import Lease, ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from pollama.api.types import (
     ToolCallFunction,
 )
 from pollama.errors import BadRequest
-from pollama.server.keepalive import parse_keep_alive
+from pollama.scheduler.keepalive import parse_keep_alive
 
 router = APIRouter()
 NDJSON = "application/x-ndjson"

@@ -57,8 +57,8 @@ from pollama.memory.types import BackendMemory, DeviceMemory
 
 if TYPE_CHECKING:
     from pollama.api.state import ServerState
-    from pollama.server.runners import Runner
-    from pollama.server.scheduler import Scheduler
+    from pollama.scheduler.loaded import Runner
+    from pollama.scheduler.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 

@@ -39,18 +39,18 @@ from pollama.api.types import (
     ShowResponse,
     rfc3339,
 )
+from pollama.chat.capabilities import capabilities
+from pollama.chat.template import ChatTemplate, template_for
 from pollama.errors import BadRequest, InvalidModelFile, ModelNotFound, PollamaError
 from pollama.ggufmeta import GGUFModel, TruncatedArray, read_model
 from pollama.options.parameters import OPTIONS, InvalidOption, validate_options
-from pollama.server import registry
-from pollama.server.capabilities import capabilities
-from pollama.server.manifest import parse_digest
-from pollama.server.modelfile import modelfile_for, parameters_text
-from pollama.server.models import model_details
-from pollama.server.names import ModelName
-from pollama.server.progress import Progress, reporting
-from pollama.server.store import Store
-from pollama.server.template import ChatTemplate, template_for
+from pollama.store import registry
+from pollama.store.disk import Store
+from pollama.store.manifest import parse_digest
+from pollama.store.modelfile import modelfile_for, parameters_text
+from pollama.store.names import ModelName
+from pollama.store.progress import Progress, reporting
+from pollama.store.resolved import model_details
 
 router = APIRouter()
 

@@ -80,7 +80,7 @@ from pollama.api.state import ServerState
 from pollama.api.streaming import first_and_rest, sse
 from pollama.errors import BadRequest, InvalidModelName, ModelNotFound
 from pollama.protocol.wire import Logprob
-from pollama.server.names import ModelName
+from pollama.store.names import ModelName
 
 router = APIRouter()
 SSE = "text/event-stream"

@@ -10,12 +10,12 @@ from pollama.api.metrics import Metrics
 from pollama.demo import DEMO_MODEL_NAME
 from pollama.errors import ModelNotFound
 from pollama.ggufmeta import GGUFModel, read_model
-from pollama.server.models import ResolvedModel, model_details
-from pollama.server.names import ModelName
-from pollama.server.runners import ModelSpec
-from pollama.server.scheduler import Scheduler
-from pollama.server.store import Store, ensure_demo
+from pollama.scheduler.loaded import ModelSpec
+from pollama.scheduler.scheduler import Scheduler
 from pollama.settings import Settings
+from pollama.store.disk import Store, ensure_demo
+from pollama.store.names import ModelName
+from pollama.store.resolved import ResolvedModel, model_details
 
 
 @dataclass

@@ -19,8 +19,8 @@ import typer
 from pollama.cli.client import Client, ClientError, ensure_server
 from pollama.cli.common import reporting
 from pollama.cli.progress import ProgressDisplay
-from pollama.server.modelfile import Modelfile, parse_modelfile
 from pollama.settings import Settings
+from pollama.store.modelfile import Modelfile, parse_modelfile
 
 CHUNK = 1 << 20
 

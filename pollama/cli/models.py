@@ -19,8 +19,8 @@ from pollama.cli.format import (
     until,
 )
 from pollama.errors import InvalidModelName
-from pollama.server.names import ModelName
 from pollama.settings import Settings
+from pollama.store.names import ModelName
 
 
 def list_models() -> None:

@@ -16,8 +16,8 @@ def serve() -> None:
     from pollama.api.app import create_app
     from pollama.api.state import ServerState
     from pollama.engine.cpu_path import CpuPath
-    from pollama.server.scheduler import Scheduler
-    from pollama.server.store import Store
+    from pollama.scheduler.scheduler import Scheduler
+    from pollama.store.disk import Store
 
     settings = Settings.from_env()
     if not settings.debug:

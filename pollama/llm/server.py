@@ -33,7 +33,6 @@ from pollama.engine.build import find_build
 from pollama.engine.crash import crash_signal, explain_crash
 from pollama.errors import (
     EngineCrashed,
-    InvalidFormat,
     LoadError,
     RunnerDied,
     RunnerError,
@@ -311,14 +310,9 @@ class LlamaServer:
     # -- requests -----------------------------------------------------------------------
 
     def completion(
-        self, request: CompletionRequest, format: object = None
+        self, request: CompletionRequest
     ) -> AsyncGenerator[CompletionChunk | CompletionDone, None]:
-        """Stream a completion. ``format`` ("json" or a JSON schema) is turned into a
-        grammar here, before anything reaches the runner: InvalidFormat is raised by
-        this call, not by the iteration."""
-        grammar = _grammar(format)
-        if grammar:
-            request = replace(request, grammar=grammar)
+        """Stream a completion (a structured-output grammar comes in the request)."""
         limit = 10 * self.context_length
         if not 0 <= request.options.num_predict <= limit:
             request = replace(request, options=replace(request.options, num_predict=limit))
@@ -473,13 +467,3 @@ def _parse_line(line: str) -> CompletionChunk | CompletionDone:
         raise RunnerError(f"bad response from runner: {exc}") from None
     except RuntimeError as exc:  # the runner's {"error": ...} line
         raise RunnerError(str(exc)) from None
-
-
-def _grammar(format: object) -> str:
-    if format is None or format == "":
-        return ""
-    try:
-        from pollama.llm.grammar import grammar_from_format
-    except ImportError:
-        raise InvalidFormat("structured output (format) is not available") from None
-    return grammar_from_format(format)

@@ -1,4 +1,5 @@
 """The runner process: one model, served on loopback HTTP (DESIGN.md, "The runner protocol").
 
-Only ``pollama.runner.engine`` imports llama.cpp; ``protocol`` is shared with the server.
+Only this package imports llama.cpp (``engine``, ``llama``, ``probe``, ``engine_info``);
+the wire types it shares with the server are ``pollama.protocol``.
 """

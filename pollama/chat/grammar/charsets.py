@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeAlias
 
-from pollama.llm.grammar.rules import _class_char
+from pollama.chat.grammar.rules import _class_char
 
 _Ranges: TypeAlias = tuple[tuple[int, int], ...]
 _UNIVERSE: _Ranges = ((0, 0xD7FF), (0xE000, 0x10FFFF))  # Unicode scalar values

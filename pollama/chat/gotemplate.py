@@ -28,9 +28,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pollama.errors import InvalidTemplate
-from pollama.server.gofuncs import FUNCTIONS, MAX_OUTPUT_CHARS, field, to_text, truthy
-from pollama.server.goparse import (
+from pollama.chat.gofuncs import FUNCTIONS, MAX_OUTPUT_CHARS, field, to_text, truthy
+from pollama.chat.goparse import (
     Action,
     Arg,
     Branch,
@@ -48,6 +47,7 @@ from pollama.server.goparse import (
     Var,
     parse,
 )
+from pollama.errors import InvalidTemplate
 
 MAX_STEPS = 1_000_000  # our interpreter is slower than Jinja's compiled code: ~1 s
 

@@ -23,9 +23,9 @@ from typing import Any
 from pollama.demo import DEMO_MODEL_NAME, demo_model_path
 from pollama.errors import InvalidModelName, ModelNotFound
 from pollama.ggufmeta import read_model
-from pollama.server.blobs import BLOB_FILE, BlobStore, atomic_write
-from pollama.server.create import LayerPlan, plan_layers
-from pollama.server.manifest import (
+from pollama.store.blobs import BLOB_FILE, BlobStore, atomic_write
+from pollama.store.create import LayerPlan, plan_layers
+from pollama.store.manifest import (
     ADAPTER,
     CONFIG_MEDIA_TYPE,
     LICENSE,
@@ -41,8 +41,8 @@ from pollama.server.manifest import (
     config_bytes,
     parse_manifest,
 )
-from pollama.server.models import ModelEntry, ResolvedModel
-from pollama.server.names import ModelName
+from pollama.store.names import ModelName
+from pollama.store.resolved import ModelEntry, ResolvedModel
 
 log = logging.getLogger(__name__)
 

@@ -33,16 +33,16 @@ from typing import Any
 import httpx
 
 from pollama.errors import DigestMismatch, ModelNotFound, RegistryError
-from pollama.server.manifest import (
+from pollama.store.disk import Store
+from pollama.store.manifest import (
     MANIFEST_MEDIA_TYPE,
     CorruptManifest,
     Layer,
     Manifest,
     parse_manifest,
 )
-from pollama.server.names import ModelName
-from pollama.server.progress import Progress, reporting
-from pollama.server.store import Store
+from pollama.store.names import ModelName
+from pollama.store.progress import Progress, reporting
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 """Connect within 10 s; then no read, write or pool wait may stall for over 60 s."""

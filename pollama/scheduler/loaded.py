@@ -1,35 +1,27 @@
-"""What the scheduler schedules: the model a request names, the runner interface it
-drives, its record of one loaded runner, and the lease a request holds on it.
+"""What the scheduler schedules: the model a request names, its record of one loaded
+runner, and the lease a request holds on it.
 
 The API layer builds a ``ModelSpec`` per request (from the model store) and
-reads ``RunningModel`` rows for ``/api/ps``; ``LlamaServerLike`` is the narrow
-interface of ``pollama.llm.server.LlamaServer`` the scheduler and the request
-handlers use, so decision tests can pass a fake.
+reads ``RunningModel`` rows for ``/api/ps``; the runner itself is driven through
+``pollama.llm.interface.LlamaServerLike``, so decision tests can pass a fake.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.devices.types import DeviceInfo
 from pollama.ggufmeta import GGUFModel
+from pollama.llm.interface import LlamaServerLike
 from pollama.llm.server import CrashObserver, LlamaServer
-from pollama.memory.layout import LayoutPolicy
-from pollama.memory.types import BackendMemory
 from pollama.options.load import LoadConfig, LoadOptions
-from pollama.protocol.wire import (
-    CompletionChunk,
-    CompletionDone,
-    CompletionRequest,
-    EmbeddingResponse,
-)
 from pollama.settings import Settings
 
 
@@ -72,48 +64,6 @@ class ModelSpec:
         """The context a runner would get for ``num_ctx``: clamped to the training context."""
         train = self.model.context_length
         return min(num_ctx, train) if train > 0 else num_ctx
-
-
-class LlamaServerLike(Protocol):
-    """The part of ``LlamaServer`` the scheduler and the request handlers use."""
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def context_length(self) -> int: ...
-
-    @property
-    def memory(self) -> BackendMemory | None: ...
-
-    @property
-    def load_progress(self) -> float: ...
-
-    async def load(
-        self, system: SystemInfo, gpus: Sequence[DeviceInfo], policy: LayoutPolicy
-    ) -> list[DeviceID]: ...
-
-    async def wait_until_running(self) -> None: ...
-
-    async def ping(self) -> None: ...
-
-    def has_exited(self) -> bool: ...
-
-    def memory_size(self) -> tuple[int, int]: ...
-
-    def completion(
-        self, request: CompletionRequest, format: object = None
-    ) -> AsyncGenerator[CompletionChunk | CompletionDone, None]: ...
-
-    async def embedding(
-        self, inputs: Sequence[str], truncate: bool = True
-    ) -> EmbeddingResponse: ...
-
-    async def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
-
-    async def detokenize(self, tokens: Sequence[int]) -> str: ...
-
-    async def close(self) -> None: ...
 
 
 ServerFactory = Callable[[ModelSpec, LoadConfig, Sequence[DeviceInfo]], Awaitable[LlamaServerLike]]

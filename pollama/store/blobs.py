@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pollama.errors import DigestMismatch
-from pollama.server.manifest import digest_of, parse_digest
+from pollama.store.manifest import digest_of, parse_digest
 
 log = logging.getLogger(__name__)
 

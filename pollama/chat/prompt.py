@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from pollama.chat.template import ChatTemplate
 from pollama.errors import InsertUnsupported
-from pollama.server.template import ChatTemplate
 
 Message = Mapping[str, Any]
 Tool = Mapping[str, Any]

@@ -6,8 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeAlias
 
-from pollama.errors import UnsupportedSchema
-from pollama.llm.grammar.charsets import (
+from pollama.chat.grammar.charsets import (
     _JSON_SPECIAL,
     _UNIVERSE,
     _class,
@@ -18,9 +17,10 @@ from pollama.llm.grammar.charsets import (
     _Ranges,
     _subtract,
 )
-from pollama.llm.grammar.keywords import MAX_LENGTH
-from pollama.llm.grammar.rules import _Grammar, _lit, _paren, _seq
-from pollama.llm.grammar.values import _show
+from pollama.chat.grammar.keywords import MAX_LENGTH
+from pollama.chat.grammar.rules import _Grammar, _lit, _paren, _seq
+from pollama.chat.grammar.values import _show
+from pollama.errors import UnsupportedSchema
 
 _DIGIT: _Ranges = ((0x30, 0x39),)
 _WORD: _Ranges = ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))

@@ -4,11 +4,11 @@ Two syntaxes, one interface:
 
 - **Jinja** (the GGUF's ``tokenizer.chat_template``, or a Modelfile TEMPLATE written
   in Jinja): Hugging Face semantics, rendered in the bounded sandbox of
-  ``pollama.server.sandbox`` with ``messages``, ``tools``, ``add_generation_prompt``,
+  ``pollama.chat.sandbox`` with ``messages``, ``tools``, ``add_generation_prompt``,
   ``bos_token``, ``eos_token`` and any extra variables.
 - **Go** (Ollama Modelfile TEMPLATEs): the subset described in
-  ``pollama.server.goparse``, executed with Ollama's semantics
-  (``pollama.server.gotemplate``). These templates decide the generation prompt
+  ``pollama.chat.goparse``, executed with Ollama's semantics
+  (``pollama.chat.gotemplate``). These templates decide the generation prompt
   themselves, so ``add_generation_prompt``, ``continue_final_message`` and the
   special tokens do not apply to them.
 
@@ -28,10 +28,10 @@ from typing import Any, Literal
 import jinja2
 from jinja2 import meta
 
+from pollama.chat.gotemplate import GoTemplate
+from pollama.chat.sandbox import BoundedSandbox, render_bounded
 from pollama.errors import InvalidModelFile, InvalidTemplate
 from pollama.ggufmeta import GGUFModel, read_model
-from pollama.server.gotemplate import GoTemplate
-from pollama.server.sandbox import BoundedSandbox, render_bounded
 
 Syntax = Literal["jinja", "go"]
 

@@ -6,8 +6,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from pollama.errors import InvalidFormat, UnsupportedSchema
-from pollama.llm.grammar.charsets import (
+from pollama.chat.grammar.charsets import (
     _JSON_SPECIAL,
     _KEY_CHARS,
     _chars,
@@ -15,8 +14,8 @@ from pollama.llm.grammar.charsets import (
     _intersect,
     _subtract,
 )
-from pollama.llm.grammar.combine import _check_disjoint, _literal_values, _merge, _resolve
-from pollama.llm.grammar.keywords import (
+from pollama.chat.grammar.combine import _check_disjoint, _literal_values, _merge, _resolve
+from pollama.chat.grammar.keywords import (
     _ANNOTATIONS,
     _ARRAY_KEYWORDS,
     _NUMBER_KEYWORDS,
@@ -27,10 +26,10 @@ from pollama.llm.grammar.keywords import (
     _check_keywords,
     _constraining,
 )
-from pollama.llm.grammar.numbers import _Numbers
-from pollama.llm.grammar.rules import _Grammar, _lit, _paren, _seq
-from pollama.llm.grammar.strings import _string
-from pollama.llm.grammar.values import (
+from pollama.chat.grammar.numbers import _Numbers
+from pollama.chat.grammar.rules import _Grammar, _lit, _paren, _seq
+from pollama.chat.grammar.strings import _string
+from pollama.chat.grammar.values import (
     _as_list,
     _canonical,
     _count,
@@ -39,6 +38,7 @@ from pollama.llm.grammar.values import (
     _show,
     _types_overlap,
 )
+from pollama.errors import InvalidFormat, UnsupportedSchema
 
 _ABSENT: Any = object()
 

@@ -33,7 +33,7 @@ from pollama.options.parameters import (
 )
 
 if TYPE_CHECKING:
-    from pollama.server.models import ResolvedModel
+    from pollama.store.resolved import ResolvedModel
 
 MESSAGE_ROLES = ("system", "user", "assistant")
 _COMMANDS = ("FROM", "PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "LICENSE", "MESSAGE")

@@ -65,11 +65,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pollama.chat.grammar.keywords import MAX_ITEMS, MAX_LENGTH
+from pollama.chat.grammar.rules import _Grammar, _lit
+from pollama.chat.grammar.schema import _Converter
+from pollama.chat.grammar.values import _show
 from pollama.errors import InvalidFormat
-from pollama.llm.grammar.keywords import MAX_ITEMS, MAX_LENGTH
-from pollama.llm.grammar.rules import _Grammar, _lit
-from pollama.llm.grammar.schema import _Converter
-from pollama.llm.grammar.values import _show
 
 __all__ = ["MAX_ITEMS", "MAX_LENGTH", "grammar_from_format", "json_schema_to_grammar"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pollama.chat.grammar.values import _json_eq
 from pollama.errors import InvalidFormat, UnsupportedSchema
-from pollama.llm.grammar.values import _json_eq
 
 MAX_ITEMS = 1000
 """Largest minItems/maxItems we expand into a grammar."""

@@ -17,8 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pollama.server.reply import infer_thinking
-from pollama.server.template import ChatTemplate
+from pollama.chat.reply import infer_thinking
+from pollama.chat.template import ChatTemplate
 
 COMPLETION = "completion"
 EMBEDDING = "embedding"

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from pollama.chat.grammar.charsets import _json_char
 from pollama.errors import InvalidFormat, UnsupportedSchema
-from pollama.llm.grammar.charsets import _json_char
 
 
 def _show(value: object) -> str:

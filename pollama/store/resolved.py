@@ -8,8 +8,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pollama.server.manifest import Manifest
-from pollama.server.names import ModelName
+from pollama.store.manifest import Manifest
+from pollama.store.names import ModelName
 
 
 @dataclass(frozen=True)

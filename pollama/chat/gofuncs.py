@@ -1,4 +1,4 @@
-"""Values and functions for Go templates (see pollama.server.gotemplate): field lookup
+"""Values and functions for Go templates (see pollama.chat.gotemplate): field lookup
 on API dicts, Go's truth and printing rules, and the template functions."""
 
 from __future__ import annotations

@@ -55,12 +55,12 @@ from pollama.errors import (
     PollamaError,
     QueueFull,
 )
+from pollama.llm.interface import LlamaServerLike
 from pollama.memory.layout import LayoutPolicy
 from pollama.options.load import LoadConfig, LoadOptions, resolve_load_options
-from pollama.server.keepalive import load_options, normalize_keep_alive
-from pollama.server.runners import (
+from pollama.scheduler.keepalive import load_options, normalize_keep_alive
+from pollama.scheduler.loaded import (
     Lease,
-    LlamaServerLike,
     ModelSpec,
     PendingLoad,
     Runner,

@@ -14,8 +14,8 @@ from typing import Any
 
 from pollama.errors import InvalidModelfile
 from pollama.ggufmeta import GGUFModel, read_model
-from pollama.server.blobs import BlobStore
-from pollama.server.manifest import (
+from pollama.store.blobs import BlobStore
+from pollama.store.manifest import (
     ADAPTER,
     LICENSE,
     MESSAGES,

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
+from pollama.chat.grammar.charsets import _class, _normalize
+from pollama.chat.grammar.rules import _Grammar, _is_atom, _lit, _paren, _seq
+from pollama.chat.grammar.values import _decimal
 from pollama.errors import UnsupportedSchema
-from pollama.llm.grammar.charsets import _class, _normalize
-from pollama.llm.grammar.rules import _Grammar, _is_atom, _lit, _paren, _seq
-from pollama.llm.grammar.values import _decimal
 
 _INT_DIGITS = 16  # unbounded integers: up to 16 digits (2^53 has 16)
 _SIG_DIGITS = 15  # bounded numbers: every decimal with <= 15 digits survives a float parse

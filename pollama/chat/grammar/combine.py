@@ -6,9 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
-from pollama.errors import InvalidFormat, UnsupportedSchema
-from pollama.llm.grammar.keywords import _ANNOTATIONS, _TYPES, _check_keywords
-from pollama.llm.grammar.values import (
+from pollama.chat.grammar.keywords import _ANNOTATIONS, _TYPES, _check_keywords
+from pollama.chat.grammar.values import (
     _as_list,
     _decimal,
     _json_eq,
@@ -16,6 +15,7 @@ from pollama.llm.grammar.values import (
     _show,
     _types_overlap,
 )
+from pollama.errors import InvalidFormat, UnsupportedSchema
 
 
 def _resolve(root: Mapping[str, Any], ref: object) -> object:

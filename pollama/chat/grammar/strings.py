@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pollama.chat.grammar.keywords import MAX_LENGTH
+from pollama.chat.grammar.regex import _pattern
+from pollama.chat.grammar.rules import _Grammar, _seq
+from pollama.chat.grammar.values import _count, _show
 from pollama.errors import UnsupportedSchema
-from pollama.llm.grammar.keywords import MAX_LENGTH
-from pollama.llm.grammar.regex import _pattern
-from pollama.llm.grammar.rules import _Grammar, _seq
-from pollama.llm.grammar.values import _count, _show
 
 _FORMATS = ("date", "time", "date-time", "uuid")
 

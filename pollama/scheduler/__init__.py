@@ -1,0 +1,1 @@
+"""Which runner serves a request: loads, keep-alive, eviction, the bounded queue."""

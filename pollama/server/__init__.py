@@ -1,1 +1,0 @@
-"""The server side: model store, Modelfiles, prompt rendering, the scheduler."""
