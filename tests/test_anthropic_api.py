@@ -14,8 +14,8 @@ import pytest
 from serving import Server
 from toolmodel import WEATHER_TOOL, create_tool_model
 
-from pollama.api.anthropic import Reply
-from pollama.api.anthropic_types import TextOut, ThinkingOut, ToolUseOut
+from pollama.api.anthropic.routes import MessageStream
+from pollama.api.anthropic.types import TextOut, ThinkingOut, ToolUseOut
 from pollama.api.completion import CallOut, Delta, Event, Finish, Run
 from pollama.api.events import event_stream
 from pollama.errors import RunnerDied
@@ -280,7 +280,7 @@ def run_of(
     return Run(model="m", events=source())
 
 
-def drain(reply: Reply) -> bytes:
+def drain(reply: MessageStream) -> bytes:
     async def read() -> bytes:
         return b"".join([chunk async for chunk in await event_stream(reply)])
 
@@ -299,7 +299,7 @@ def test_blocks_follow_the_reply_in_order():
         Delta(content="\n"),  # whitespace alone opens no block
         replace(FINISH, tool_calls=1),
     )
-    reply = Reply("m", run)
+    reply = MessageStream("m", run)
     events = [json.loads(c.split(b"data: ")[1]) for c in drain(reply).split(b"\n\n")[:-1]]
     assert [(e["type"], e.get("index")) for e in events] == [
         ("message_start", None),
@@ -332,7 +332,7 @@ def test_blocks_follow_the_reply_in_order():
 
 
 def test_failure_after_the_first_byte_is_an_error_event():
-    reply = Reply("m", run_of(Delta(content="Hi"), fail=RunnerDied("the runner exited")))
+    reply = MessageStream("m", run_of(Delta(content="Hi"), fail=RunnerDied("the runner exited")))
     last = drain(reply).split(b"\n\n")[-2]
     assert last.split(b"\n")[0] == b"event: error"
     assert json.loads(last.split(b"data: ")[1]) == {
@@ -343,7 +343,7 @@ def test_failure_after_the_first_byte_is_an_error_event():
 
 def test_failure_before_the_first_byte_is_raised():
     closed: list[bool] = []
-    reply = Reply("m", run_of(fail=RunnerDied("the runner exited"), closed=closed))
+    reply = MessageStream("m", run_of(fail=RunnerDied("the runner exited"), closed=closed))
     with pytest.raises(RunnerDied):
         asyncio.run(event_stream(reply))
     assert closed == [True]
@@ -351,7 +351,9 @@ def test_failure_before_the_first_byte_is_raised():
 
 def test_a_stream_closed_early_closes_the_run():
     closed: list[bool] = []
-    reply = Reply("m", run_of(Delta(content="a"), Delta(content="b"), FINISH, closed=closed))
+    reply = MessageStream(
+        "m", run_of(Delta(content="a"), Delta(content="b"), FINISH, closed=closed)
+    )
 
     async def read_one() -> bytes:
         stream = await event_stream(reply)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pollama.api.app import create_app
-from pollama.api.embed import normalize, shape
+from pollama.api.ollama.embed import fit_dimensions, normalize
 from pollama.api.security import (
     DEFAULT_ORIGINS,
     host_allowed,
@@ -130,10 +130,10 @@ def test_normalize_gives_unit_or_zero(vector: list[float]):
 
 
 def test_dimensions_slice_then_normalize():
-    assert shape([3.0, 4.0, 12.0], 2) == [0.6, 0.8]
-    assert shape([3.0, 4.0], None) == [0.6, 0.8]
+    assert fit_dimensions([3.0, 4.0, 12.0], 2) == [0.6, 0.8]
+    assert fit_dimensions([3.0, 4.0], None) == [0.6, 0.8]
     with pytest.raises(BadRequest):
-        shape([1.0, 2.0], 3)
+        fit_dimensions([1.0, 2.0], 3)
 
 
 def test_unknown_routes_answer_in_the_error_shape(tmp_path):

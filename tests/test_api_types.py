@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from pollama.api.streaming import encode
-from pollama.api.types import (
+from pollama.api.ollama.types import (
     ChatRequest,
     ChatResponse,
     CreateRequest,
@@ -21,6 +20,7 @@ from pollama.api.types import (
     Message,
     rfc3339,
 )
+from pollama.api.streaming import encode
 
 
 def test_generate_defaults_and_unknown_fields():

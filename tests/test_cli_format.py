@@ -20,7 +20,7 @@ from pollama.cli.format import (
     rate,
     until,
 )
-from pollama.cli.models import list_table, ps_table
+from pollama.cli.manage import list_table, ps_table
 
 NOW = datetime(2026, 11, 25, 10, 20, 30, tzinfo=UTC)
 

@@ -19,8 +19,8 @@ import pytest
 from serving import Server
 from toolmodel import WEATHER_TOOL, create_tool_model
 
-from pollama.api.openai import chat_call, generate_call, messages_of
-from pollama.api.openai_types import ChatCompletionRequest, CompletionRequest
+from pollama.api.openai.requests import chat_call, generate_call, messages_of
+from pollama.api.openai.types import ChatCompletionRequest, CompletionRequest
 from pollama.errors import BadRequest
 
 pytestmark = pytest.mark.llama

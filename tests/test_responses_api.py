@@ -15,8 +15,8 @@ from toolmodel import WEATHER_TOOL, create_tool_model
 
 from pollama.api.completion import CallOut, Delta, Event, Finish, Run
 from pollama.api.events import event_stream
-from pollama.api.responses import Reply
-from pollama.api.responses_types import ResponsesRequest
+from pollama.api.openai.responses import ResponseStream
+from pollama.api.openai.responses_types import ResponsesRequest
 from pollama.errors import RunnerDied
 
 pytestmark = pytest.mark.llama
@@ -213,7 +213,7 @@ FINISH = Finish(
 )
 
 
-def reply_of(*events: Event, fail: BaseException | None = None) -> Reply:
+def reply_of(*events: Event, fail: BaseException | None = None) -> ResponseStream:
     async def source() -> AsyncIterator[Event]:
         for event in events:
             yield event
@@ -221,10 +221,10 @@ def reply_of(*events: Event, fail: BaseException | None = None) -> Reply:
             raise fail
 
     body = ResponsesRequest.model_validate({"model": "m", "input": "Hi", "tools": [TOOL]})
-    return Reply(body, Run(model="m", events=source()))
+    return ResponseStream(body, Run(model="m", events=source()))
 
 
-def drain(reply: Reply) -> list[tuple[str, dict[str, Any]]]:
+def drain(reply: ResponseStream) -> list[tuple[str, dict[str, Any]]]:
     async def read() -> bytes:
         return b"".join([chunk async for chunk in await event_stream(reply)])
 

@@ -1,1 +1,3 @@
-"""The HTTP edge: Ollama's native API (/api/*) and the OpenAI-compatible one (/v1/*)."""
+"""The HTTP edge: one app (``app``) over three APIs (``ollama``, ``openai``, ``anthropic``)
+that share one request path (``completion``, ``events``), one error mapping (``errors``),
+the stream encoders, security, metrics and the server state the routes see."""

@@ -11,8 +11,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from pollama.api import anthropic, catalog, embed, generate, metrics, models, openai, responses
+from pollama.api import metrics
+from pollama.api.anthropic import routes as anthropic
 from pollama.api.errors import error_body_for, message_of, status_of
+from pollama.api.ollama import catalog, embed, generate, manage
+from pollama.api.openai import responses
+from pollama.api.openai import routes as openai
 from pollama.api.security import DEFAULT_ORIGINS, HostCheck, origin_regex
 from pollama.api.state import ServerState
 from pollama.errors import PollamaError
@@ -34,7 +38,7 @@ def create_app(state: ServerState) -> FastAPI:
     state.metrics.watch(state.scheduler)
     app.include_router(catalog.router)
     app.include_router(generate.router)
-    app.include_router(models.router)
+    app.include_router(manage.router)
     app.include_router(embed.router)
     app.include_router(openai.router)
     app.include_router(responses.router)

@@ -58,7 +58,7 @@ class Closed:
 Block = Opened | Piece | Closed | CallOut | Finish
 
 
-class Reply(Protocol):
+class EventStream(Protocol):
     """A reply that is built as its events are drawn."""
 
     def events(self) -> AsyncIterator[Record]: ...
@@ -150,14 +150,14 @@ async def named_sse(
         await _close(rest)
 
 
-async def event_stream(reply: Reply) -> AsyncIterator[bytes]:
+async def event_stream(reply: EventStream) -> AsyncIterator[bytes]:
     """The reply as named events. What fails before the first event is raised here, so
     that it can still be answered with an HTTP status."""
     first, rest = await first_and_rest(reply.events())
     return named_sse(first, rest, error=reply.error)
 
 
-async def respond(reply: Reply, stream: bool, result: Callable[[], BaseModel]) -> Response:
+async def respond(reply: EventStream, stream: bool, result: Callable[[], BaseModel]) -> Response:
     """Named events when streaming; otherwise the reply drained and ``result()`` as JSON
     (the same run either way, so both forms always agree)."""
     if not stream:

@@ -17,7 +17,7 @@ import typer
 from pollama.cli.create import create
 from pollama.cli.fit import fit
 from pollama.cli.info import info
-from pollama.cli.models import copy, list_models, ps, remove, show, stop
+from pollama.cli.manage import copy, list_models, ps, remove, show, stop
 from pollama.cli.run import run
 from pollama.cli.runner import runner
 from pollama.cli.serve import serve

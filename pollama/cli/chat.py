@@ -18,7 +18,7 @@ SPINNER_REFRESH = 0.1
 
 
 @dataclass(frozen=True)
-class Reply:
+class Answer:
     content: str
     final: Mapping[str, Any] = field(default_factory=dict)
     """The last record (``done: true``): done_reason and the nanosecond metrics."""
@@ -26,7 +26,7 @@ class Reply:
 
 def stream_reply(
     client: Client, body: dict[str, Any], out: TextIO, *, wrap_width: int | None = None
-) -> Reply:
+) -> Answer:
     """Send ``body`` to ``/api/chat`` and write the answer to ``out`` piece by piece.
 
     A KeyboardInterrupt (Ctrl-C) while it streams closes the response, so the
@@ -50,7 +50,7 @@ def stream_reply(
         if wrapper:
             out.write(wrapper.flush())
             out.flush()
-    return Reply("".join(parts), final)
+    return Answer("".join(parts), final)
 
 
 def load_model(client: Client, body: Mapping[str, Any], progress: TextIO | None = None) -> None:

@@ -16,7 +16,7 @@ INTERRUPTED = 130
 
 
 @contextmanager
-def reporting() -> Iterator[None]:
+def exit_on_error() -> Iterator[None]:
     """Show a ClientError or PollamaError as ``Error: <message>`` and exit 1; exit 130 on
     Ctrl-C."""
     try:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from pollama.cli.client import Client, ClientError, ensure_server
-from pollama.cli.common import reporting
+from pollama.cli.common import exit_on_error
 from pollama.cli.progress import ProgressDisplay
 from pollama.settings import Settings
 from pollama.store.modelfile import Modelfile, parse_modelfile
@@ -37,7 +37,7 @@ def create(
         str | None, typer.Option("--quantize", "-q", help="Quantize the model, e.g. q4_K_M.")
     ] = None,
 ) -> None:
-    with reporting():
+    with exit_on_error():
         try:
             text = file.read_text(encoding="utf-8")
         except OSError as exc:

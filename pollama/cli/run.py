@@ -12,7 +12,7 @@ import typer
 
 from pollama.cli.chat import load_model, stream_reply, verbose_stats
 from pollama.cli.client import Client, ResponseError, ensure_server
-from pollama.cli.common import is_terminal, reporting
+from pollama.cli.common import exit_on_error, is_terminal
 from pollama.cli.repl import Repl, Session
 from pollama.settings import Settings
 from pollama.units import parse_duration
@@ -47,7 +47,7 @@ def run(
     returns to the prompt.
     """
     settings = Settings.from_env()
-    with reporting(), _model_hint(model):
+    with exit_on_error(), _model_hint(model):
         keep_alive = parse_keepalive(keepalive)
         if format is not None and format != "json":
             raise typer.BadParameter(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pollama.cli.client import Stream, ensure_server
-from pollama.cli.common import reporting
+from pollama.cli.common import exit_on_error
 from pollama.cli.progress import ProgressDisplay
 from pollama.settings import Settings
 
@@ -21,7 +21,7 @@ def pull(
     model: Annotated[str, typer.Argument(help="The model to download.")],
     insecure: Insecure = False,
 ) -> None:
-    with reporting(), ensure_server(Settings.from_env()) as client:
+    with exit_on_error(), ensure_server(Settings.from_env()) as client:
         _show(client.pull(model, insecure=insecure))
 
 
@@ -29,7 +29,7 @@ def push(
     model: Annotated[str, typer.Argument(help="The model to upload (host/namespace/model).")],
     insecure: Insecure = False,
 ) -> None:
-    with reporting(), ensure_server(Settings.from_env()) as client:
+    with exit_on_error(), ensure_server(Settings.from_env()) as client:
         _show(client.push(model, insecure=insecure))
 
 

@@ -26,7 +26,7 @@ class _Item(Generic[T]):
     value: T
 
 
-async def reporting(
+async def reports_from(
     work: Callable[[Callable[[T], None]], Awaitable[None]],
 ) -> AsyncGenerator[T, None]:
     """Run ``work(report)`` and yield what it reports, in order, while it runs.

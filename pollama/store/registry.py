@@ -42,7 +42,7 @@ from pollama.store.manifest import (
     parse_manifest,
 )
 from pollama.store.names import ModelName
-from pollama.store.progress import Progress, reporting
+from pollama.store.progress import Progress, reports_from
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 """Connect within 10 s; then no read, write or pool wait may stall for over 60 s."""
@@ -73,7 +73,7 @@ async def pull(
     async with _Session(name, insecure=insecure, timeout=timeout, transport=transport) as session:
         manifest, data = await session.fetch_manifest()
         yield Progress("pulling manifest")
-        async with aclosing(reporting(partial(session.download, store, manifest))) as steps:
+        async with aclosing(reports_from(partial(session.download, store, manifest))) as steps:
             async for progress in steps:
                 yield progress
         yield Progress("verifying sha256 digest")
@@ -101,7 +101,7 @@ async def push(
     manifest = parse_manifest(data, resolved.name.display)
     async with _Session(name, insecure=insecure, timeout=timeout, transport=transport) as session:
         yield Progress("retrieving manifest")
-        async with aclosing(reporting(partial(session.upload, store, manifest))) as steps:
+        async with aclosing(reports_from(partial(session.upload, store, manifest))) as steps:
             async for progress in steps:
                 yield progress
         yield Progress("pushing manifest")

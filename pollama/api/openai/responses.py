@@ -32,8 +32,8 @@ from fastapi.responses import Response
 from pollama.api.completion import CallOut, ChatCall, Finish, Run, start_chat
 from pollama.api.errors import error_record, openai_body
 from pollama.api.events import Block, Closed, Opened, Piece, Record, blocks, respond
-from pollama.api.generate import keep_alive_of, parse_body
-from pollama.api.responses_types import (
+from pollama.api.ollama.generate import keep_alive_of, parse_body
+from pollama.api.openai.responses_types import (
     FunctionCallItem,
     FunctionCallOut,
     FunctionCallOutputItem,
@@ -79,7 +79,7 @@ async def responses(request: Request) -> Response:
             "send the whole conversation as input"
         )
     run = await start_chat(request.app.state.pollama, chat_call(body))
-    reply = Reply(body, run)
+    reply = ResponseStream(body, run)
     return await respond(reply, body.stream, lambda: reply.response)
 
 
@@ -265,7 +265,7 @@ def _in_progress(body: ResponsesRequest) -> ResponseObject:
     )
 
 
-class Reply:
+class ResponseStream:
     """The reply to one request: ``events()`` yields the stream's events and builds
     ``response`` as it goes, whole once the events are exhausted."""
 

@@ -11,14 +11,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from pollama.api.completion import load_or_unload
-from pollama.api.generate import keep_alive_of, parse_body
-from pollama.api.state import ServerState
-from pollama.api.types import (
+from pollama.api.ollama.generate import keep_alive_of, parse_body
+from pollama.api.ollama.types import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     EmbedRequest,
     EmbedResponse,
 )
+from pollama.api.state import ServerState
 from pollama.errors import BadRequest
 from pollama.options.parameters import validate_options
 
@@ -33,7 +33,7 @@ def normalize(vector: Sequence[float]) -> list[float]:
     return [x / norm for x in vector]
 
 
-def shape(vector: Sequence[float], dimensions: int | None) -> list[float]:
+def fit_dimensions(vector: Sequence[float], dimensions: int | None) -> list[float]:
     """What /api/embed returns: optionally the first ``dimensions`` components, normalized.
 
     Slicing before normalizing keeps Matryoshka-style truncation a unit vector.
@@ -107,7 +107,7 @@ async def embed(request: Request) -> EmbedResponse:
         return EmbedResponse(model=body.model, embeddings=[])
     return EmbedResponse(
         model=body.model,
-        embeddings=[shape(v, body.dimensions) for v in done.vectors],
+        embeddings=[fit_dimensions(v, body.dimensions) for v in done.vectors],
         total_duration=done.total_duration,
         load_duration=done.load_duration,
         prompt_eval_count=done.prompt_eval_count,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from pollama.cli.client import Client, ClientError, ensure_server
-from pollama.cli.common import reporting
+from pollama.cli.common import exit_on_error
 from pollama.cli.describe import summary
 from pollama.cli.format import (
     columns,
@@ -24,7 +24,7 @@ from pollama.store.names import ModelName
 
 
 def list_models() -> None:
-    with reporting(), ensure_server(Settings.from_env()) as client:
+    with exit_on_error(), ensure_server(Settings.from_env()) as client:
         models = client.list_models()
     typer.echo(list_table(models, datetime.now(UTC)))
 
@@ -43,7 +43,7 @@ def list_table(models: list[dict[str, Any]], now: datetime) -> str:
 
 
 def ps() -> None:
-    with reporting():
+    with exit_on_error():
         client = Client(Settings.from_env().base_url)
         with client:
             if not client.heartbeat():
@@ -100,7 +100,7 @@ def show(
         raise typer.BadParameter(
             "only one of --license, --modelfile, --parameters, --system or --template can be given"
         )
-    with reporting(), ensure_server(Settings.from_env()) as client:
+    with exit_on_error(), ensure_server(Settings.from_env()) as client:
         info = client.show(model, verbose=verbose)
     if not chosen:
         typer.echo(summary(info), nl=False)
@@ -115,7 +115,7 @@ def copy(
     source: Annotated[str, typer.Argument(help="The model to copy.")],
     destination: Annotated[str, typer.Argument(help="The new name.")],
 ) -> None:
-    with reporting(), ensure_server(Settings.from_env()) as client:
+    with exit_on_error(), ensure_server(Settings.from_env()) as client:
         client.copy(source, destination)
     typer.echo(f"copied '{source}' to '{destination}'")
 
@@ -123,7 +123,7 @@ def copy(
 def remove(
     models: Annotated[list[str], typer.Argument(help="The models to delete.")],
 ) -> None:
-    with reporting(), ensure_server(Settings.from_env()) as client:
+    with exit_on_error(), ensure_server(Settings.from_env()) as client:
         loaded = {_key(m.get("name", "")) for m in client.running()}
         for model in models:
             if _key(model) in loaded:
@@ -133,7 +133,7 @@ def remove(
 
 
 def stop(model: Annotated[str, typer.Argument(help="The model to unload.")]) -> None:
-    with reporting():
+    with exit_on_error():
         client = Client(Settings.from_env().base_url)
         with client:
             if not client.heartbeat():

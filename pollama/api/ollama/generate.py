@@ -20,9 +20,7 @@ from pollama.api.completion import (
     start_chat,
     start_generate,
 )
-from pollama.api.state import ServerState
-from pollama.api.streaming import first_and_rest, ndjson
-from pollama.api.types import (
+from pollama.api.ollama.types import (
     ChatRequest,
     ChatResponse,
     GenerateRequest,
@@ -32,6 +30,8 @@ from pollama.api.types import (
     ToolCall,
     ToolCallFunction,
 )
+from pollama.api.state import ServerState
+from pollama.api.streaming import first_and_rest, ndjson
 from pollama.errors import BadRequest
 from pollama.scheduler.keepalive import parse_keep_alive
 

@@ -23,10 +23,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from pollama.api.errors import CLIENT_CLOSED_REQUEST
-from pollama.api.generate import NDJSON, parse_body
-from pollama.api.state import ServerState
-from pollama.api.streaming import first_and_rest, ndjson
-from pollama.api.types import (
+from pollama.api.ollama.generate import NDJSON, parse_body
+from pollama.api.ollama.types import (
     CopyRequest,
     CreateRequest,
     DeleteRequest,
@@ -39,6 +37,8 @@ from pollama.api.types import (
     ShowResponse,
     rfc3339,
 )
+from pollama.api.state import ServerState
+from pollama.api.streaming import first_and_rest, ndjson
 from pollama.chat.capabilities import capabilities
 from pollama.chat.template import ChatTemplate, template_for
 from pollama.errors import BadRequest, InvalidModelFile, ModelNotFound, PollamaError
@@ -49,7 +49,7 @@ from pollama.store.disk import Store
 from pollama.store.manifest import parse_digest
 from pollama.store.modelfile import modelfile_for, parameters_text
 from pollama.store.names import ModelName
-from pollama.store.progress import Progress, reporting
+from pollama.store.progress import Progress, reports_from
 from pollama.store.resolved import model_details
 
 router = APIRouter()
@@ -153,7 +153,7 @@ async def create(request: Request) -> Response:
         await asyncio.to_thread(state.store.create_model, **arguments, progress=report)
 
     async def records() -> AsyncGenerator[Progress, None]:
-        async with aclosing(reporting(work)) as statuses:
+        async with aclosing(reports_from(work)) as statuses:
             async for status in statuses:
                 yield Progress(status)
 

@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from pollama.api.anthropic_types import (
+from pollama.api.anthropic.types import (
     ContentOut,
     ImageBlock,
     ImageSource,
@@ -47,7 +47,7 @@ from pollama.api.anthropic_types import (
 from pollama.api.completion import CallOut, ChatCall, Finish, Run, start_chat
 from pollama.api.errors import anthropic_body, error_record
 from pollama.api.events import Block, Closed, Opened, Piece, Record, blocks, respond
-from pollama.api.generate import keep_alive_of, parse_body
+from pollama.api.ollama.generate import keep_alive_of, parse_body
 from pollama.errors import BadRequest
 
 router = APIRouter()
@@ -57,7 +57,7 @@ router = APIRouter()
 async def messages(request: Request) -> Response:
     body = await parse_body(request, MessagesRequest)
     run = await start_chat(request.app.state.pollama, chat_call(body))
-    reply = Reply(body.model, run)
+    reply = MessageStream(body.model, run)
     return await respond(reply, body.stream, lambda: reply.message)
 
 
@@ -207,7 +207,7 @@ def _image(source: ImageSource) -> str:
 # -- run → message and events ------------------------------------------------------------
 
 
-class Reply:
+class MessageStream:
     """The reply to one request: ``events()`` yields Anthropic's stream events and
     builds ``message`` as it goes, whole once the events are exhausted."""
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from pollama import __version__
-from pollama.api.types import (
+from pollama.api.ollama.types import (
     ListModel,
     ListResponse,
     LoadingModel,
