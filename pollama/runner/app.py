@@ -22,8 +22,9 @@ from pollama.protocol.wire import (
     ProtocolError,
     memory_to_json,
 )
-from pollama.runner.engine import Engine, EngineError
-from pollama.runner.engine import Request as EngineRequest
+from pollama.runner.engine import Engine
+from pollama.runner.state import EngineError
+from pollama.runner.state import Request as EngineRequest
 
 log = logging.getLogger(__name__)
 NDJSON = "application/x-ndjson"
@@ -31,6 +32,15 @@ NDJSON = "application/x-ndjson"
 
 def create_app(engine: Engine) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    _add_error_handlers(app)
+    _add_status_routes(app, engine)
+    _add_model_routes(app, engine)
+    _add_completion_route(app, engine)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Errors as ``{"error": …}`` with their status, as the server's client expects."""
 
     @app.exception_handler(EngineError)
     async def _engine_error(_: Request, exc: EngineError) -> JSONResponse:
@@ -39,6 +49,10 @@ def create_app(engine: Engine) -> FastAPI:
     @app.exception_handler(ProtocolError)
     async def _protocol_error(_: Request, exc: ProtocolError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+def _add_status_routes(app: FastAPI, engine: Engine) -> None:
+    """What the server polls: health, stats, measured memory, and the devices seen."""
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -71,6 +85,10 @@ def create_app(engine: Engine) -> FastAPI:
                 for g in gpus
             ]
         }
+
+
+def _add_model_routes(app: FastAPI, engine: Engine) -> None:
+    """Loading, tokens and embeddings: each one call on the engine thread."""
 
     @app.post("/load")
     async def load(request: Request) -> dict[str, Any]:
@@ -106,26 +124,31 @@ def create_app(engine: Engine) -> FastAPI:
         result = await asyncio.wrap_future(engine.call(lambda: engine.embed(texts, body.truncate)))
         return result.to_json()
 
+
+def _add_completion_route(app: FastAPI, engine: Engine) -> None:
     @app.post("/completion")
     async def completion(request: Request) -> Response:
-        body = CompletionRequest.from_json(await _json(request))
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue[CompletionChunk | CompletionDone | EngineError] = asyncio.Queue()
+        return await _complete(engine, request)
 
-        def emit(item: CompletionChunk | CompletionDone | EngineError) -> None:
-            loop.call_soon_threadsafe(items.put_nowait, item)
 
-        work = EngineRequest(body, emit)
-        engine.submit(work)
-        first = await _first_item(request, items, work)
-        if first is None:
-            return Response(status_code=499)  # the client left before the first token
-        if isinstance(first, EngineError):
-            # Nothing streamed yet: the error gets its own status code.
-            return JSONResponse({"error": str(first)}, status_code=first.status)
-        return StreamingResponse(_stream(first, items, work), media_type=NDJSON)
+async def _complete(engine: Engine, request: Request) -> Response:
+    """Submit the completion; stream its chunks as NDJSON once the first one is there."""
+    body = CompletionRequest.from_json(await _json(request))
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[CompletionChunk | CompletionDone | EngineError] = asyncio.Queue()
 
-    return app
+    def emit(item: CompletionChunk | CompletionDone | EngineError) -> None:
+        loop.call_soon_threadsafe(items.put_nowait, item)
+
+    work = EngineRequest(body, emit)
+    engine.submit(work)
+    first = await _first_item(request, items, work)
+    if first is None:
+        return Response(status_code=499)  # the client left before the first token
+    if isinstance(first, EngineError):
+        # Nothing streamed yet: the error gets its own status code.
+        return JSONResponse({"error": str(first)}, status_code=first.status)
+    return StreamingResponse(_stream(first, items, work), media_type=NDJSON)
 
 
 async def _first_item(

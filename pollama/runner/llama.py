@@ -57,6 +57,11 @@ class LlamaLog:
     def reason(self) -> str:
         return self.errors[0] if self.errors else ""
 
+    def explain(self, what: str) -> str:
+        """``what`` failed, with llama.cpp's first error line since ``begin()`` as the why."""
+        detail = self.reason()
+        return f"{what}: {detail}" if detail else what
+
     def _on_log(self, level: int, text: bytes, _user: Any) -> None:
         chunk = text.decode("utf-8", errors="replace")
         with self._lock:
