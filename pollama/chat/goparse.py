@@ -196,24 +196,9 @@ def _lex_action(src: str, i: int, line: int) -> tuple[tuple[_Tok, ...], int, boo
             i += 1
         elif src.startswith("}}", i):
             return tuple(toks), i + 2, False
-        elif c == '"':
-            match = _STRING.match(src, i)
-            if match is None:
-                raise _fail(line, "unterminated quoted string")
-            toks.append(_Tok("lit", _unquote(match.group()[1:-1], line)))
-            i = match.end()
-        elif c == "`":
-            end = src.find("`", i + 1)
-            if end < 0:
-                raise _fail(line, "unterminated raw quoted string")
-            toks.append(_Tok("lit", src[i + 1 : end]))
-            i = end + 1
-        elif c == "'":
-            match = _CHAR.match(src, i)
-            if match is None:
-                raise _fail(line, "bad character constant")
-            toks.append(_Tok("lit", ord(_unquote(match.group(1), line))))
-            i = match.end()
+        elif c in "\"`'":
+            tok, i = _lex_quoted(src, i, line)
+            toks.append(tok)
         elif src.startswith(":=", i):
             toks.append(_Tok("op", ":="))
             i += 2
@@ -227,30 +212,50 @@ def _lex_action(src: str, i: int, line: int) -> tuple[tuple[_Tok, ...], int, boo
         elif (number := _NUMBER.match(src, i)) and (c.isdigit() or number.end() - i > 1):
             toks.append(_Tok("lit", _number(number.group(), line)))
             i = number.end()
-        elif c == ".":
-            fields = _FIELDS.match(src, i)
-            if fields:
-                toks.append(_Tok("field", fields=tuple(fields.group()[1:].split("."))))
-                i = fields.end()
-            else:
-                toks.append(_Tok("dot"))
-                i += 1
-        elif c == "$":
-            var = _VARIABLE.match(src, i)
-            assert var is not None  # "$" alone matches
-            fields = _FIELDS.match(src, var.end())
-            names = tuple(fields.group()[1:].split(".")) if fields else ()
-            toks.append(_Tok("var", var.group(), names))
-            i = fields.end() if fields else var.end()
-        elif ident := _IDENT.match(src, i):
-            word = ident.group()
-            if word in _KEYWORD_LITERALS:
-                toks.append(_Tok("lit", _KEYWORD_LITERALS[word]))
-            else:
-                toks.append(_Tok("ident", word))
-            i = ident.end()
         else:
-            raise _fail(line, f"unexpected {c!r} in action")
+            tok, i = _lex_name(src, i, line)
+            toks.append(tok)
+
+
+def _lex_quoted(src: str, i: int, line: int) -> tuple[_Tok, int]:
+    """The string or character literal starting at ``i`` (on its quote), and where it ends."""
+    c = src[i]
+    if c == '"':
+        match = _STRING.match(src, i)
+        if match is None:
+            raise _fail(line, "unterminated quoted string")
+        return _Tok("lit", _unquote(match.group()[1:-1], line)), match.end()
+    if c == "`":
+        end = src.find("`", i + 1)
+        if end < 0:
+            raise _fail(line, "unterminated raw quoted string")
+        return _Tok("lit", src[i + 1 : end]), end + 1
+    match = _CHAR.match(src, i)
+    if match is None:
+        raise _fail(line, "bad character constant")
+    return _Tok("lit", ord(_unquote(match.group(1), line))), match.end()
+
+
+def _lex_name(src: str, i: int, line: int) -> tuple[_Tok, int]:
+    """The dot, field chain, variable, keyword literal or identifier at ``i``, and its end."""
+    c = src[i]
+    if c == ".":
+        fields = _FIELDS.match(src, i)
+        if fields:
+            return _Tok("field", fields=tuple(fields.group()[1:].split("."))), fields.end()
+        return _Tok("dot"), i + 1
+    if c == "$":
+        var = _VARIABLE.match(src, i)
+        assert var is not None  # "$" alone matches
+        fields = _FIELDS.match(src, var.end())
+        names = tuple(fields.group()[1:].split(".")) if fields else ()
+        return _Tok("var", var.group(), names), fields.end() if fields else var.end()
+    if ident := _IDENT.match(src, i):
+        word = ident.group()
+        if word in _KEYWORD_LITERALS:
+            return _Tok("lit", _KEYWORD_LITERALS[word]), ident.end()
+        return _Tok("ident", word), ident.end()
+    raise _fail(line, f"unexpected {c!r} in action")
 
 
 def _scan(src: str) -> list[str | _Item]:

@@ -49,8 +49,8 @@ Choices a client can notice, all in the "fewer documents" direction:
   Extra object keys are spelled without escapes. Strings never escape UTF-16
   surrogates (a raw character does the job), which also keeps
   ``minLength`` exact.
-* Lengths and repetitions are capped (``MAX_ITEMS``, ``MAX_LENGTH``); larger
-  bounds raise instead of being silently dropped.
+* Lengths and repetitions are capped (``MAX_ITEMS``, ``keywords.MAX_LENGTH``);
+  larger bounds raise instead of being silently dropped.
 * Annotations (``title``, ``description``, ``default``, ``examples``, ``$comment``,
   ``x-*`` extensions, ...) are ignored, as are keywords whose value constrains
   nothing (``uniqueItems: false``) and keywords for another type than the one
@@ -58,6 +58,15 @@ Choices a client can notice, all in the "fewer documents" direction:
 
 The grammar ends right after the value (no trailing whitespace), so once the
 value is complete the grammar allows only end-of-generation tokens.
+
+The package's files import one another top-down only: ``rules`` (GBNF text) and
+``charsets`` (character sets) at the bottom; ``values`` and ``keywords`` (reading
+JSON values and a schema's own keywords) on them; the leaf types ``regex``,
+``strings`` and ``numbers`` next; ``combine`` (``$ref``/``allOf``/``oneOf``
+reasoning) beside them; ``schema`` (the walker) above all of those; and this
+file on top, importing ``schema`` plus the few building blocks it needs from
+``rules``, ``values`` and ``keywords``. Code outside the package uses only the
+names in ``__all__``.
 """
 
 from __future__ import annotations
@@ -65,13 +74,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pollama.chat.grammar.keywords import MAX_ITEMS, MAX_LENGTH
-from pollama.chat.grammar.rules import _Grammar, _lit
-from pollama.chat.grammar.schema import _Converter
-from pollama.chat.grammar.values import _show
+from pollama.chat.grammar.keywords import MAX_ITEMS
+from pollama.chat.grammar.rules import Grammar, lit
+from pollama.chat.grammar.schema import Converter
+from pollama.chat.grammar.values import show
 from pollama.errors import InvalidFormat
 
-__all__ = ["MAX_ITEMS", "MAX_LENGTH", "grammar_from_format", "json_schema_to_grammar"]
+__all__ = ["MAX_ITEMS", "grammar_from_format", "json_schema_to_grammar"]
 
 
 def grammar_from_format(fmt: object) -> str:
@@ -83,11 +92,11 @@ def grammar_from_format(fmt: object) -> str:
     if fmt is None or fmt == "":
         return ""
     if fmt == "json":
-        grammar = _Grammar()
+        grammar = Grammar()
         return grammar.text(f"{grammar.prim('ws')} {grammar.prim('object')}")
     if isinstance(fmt, Mapping):
         return json_schema_to_grammar(fmt)
-    raise InvalidFormat(f'invalid format: {_show(fmt)}; expected "json" or a JSON schema object')
+    raise InvalidFormat(f'invalid format: {show(fmt)}; expected "json" or a JSON schema object')
 
 
 def json_schema_to_grammar(schema: Mapping[str, Any], *, prefix: str = "", suffix: str = "") -> str:
@@ -98,8 +107,8 @@ def json_schema_to_grammar(schema: Mapping[str, Any], *, prefix: str = "", suffi
     cannot be enforced, and ``InvalidFormat`` when the schema is malformed.
     """
     if not isinstance(schema, Mapping):
-        raise InvalidFormat(f"invalid format: {_show(schema)}; a JSON schema must be an object")
-    converter = _Converter(schema)
+        raise InvalidFormat(f"invalid format: {show(schema)}; a JSON schema must be an object")
+    converter = Converter(schema)
     try:
         top = converter.rule(schema, "schema")
     except RecursionError:
@@ -107,7 +116,7 @@ def json_schema_to_grammar(schema: Mapping[str, Any], *, prefix: str = "", suffi
     ws = converter.grammar.prim("ws")
     body = f"{ws} {top}"
     if prefix or suffix:
-        head = f"{_lit(prefix)} " if prefix else ""
-        tail = f" {ws} {_lit(suffix)}" if suffix else ""
+        head = f"{lit(prefix)} " if prefix else ""
+        tail = f" {ws} {lit(suffix)}" if suffix else ""
         body = f"{head}{ws} {top}{tail}"
     return converter.grammar.text(body)

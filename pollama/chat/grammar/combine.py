@@ -1,4 +1,12 @@
-"""Combining schemas: local ``$ref``, merging ``allOf``, and telling ``oneOf`` parts apart."""
+"""Combining schemas: local ``$ref``, merging ``allOf``, and telling ``oneOf`` parts apart.
+
+Reasoning about several schemas at once, before any grammar is written:
+``resolve`` follows a local reference, ``merge`` folds ``allOf`` parts (and a
+``$ref`` with siblings) into one equivalent schema or refuses, and
+``check_disjoint`` proves ``oneOf`` alternatives exclusive or refuses. It writes
+no GBNF, so it imports neither ``rules`` nor the leaf types: only ``keywords``
+and ``values``.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +14,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
-from pollama.chat.grammar.keywords import _ANNOTATIONS, _TYPES, _check_keywords
+from pollama.chat.grammar.keywords import ANNOTATIONS, TYPES, check_keywords, literal_values
 from pollama.chat.grammar.values import (
-    _as_list,
-    _decimal,
-    _json_eq,
-    _json_types,
-    _show,
-    _types_overlap,
+    as_decimal,
+    as_list,
+    json_eq,
+    json_types,
+    show,
+    types_overlap,
 )
 from pollama.errors import InvalidFormat, UnsupportedSchema
 
+__all__ = ["check_disjoint", "merge", "resolve"]
 
-def _resolve(root: Mapping[str, Any], ref: object) -> object:
+
+def resolve(root: Mapping[str, Any], ref: object) -> object:
     """The schema a local ``$ref`` (a JSON pointer after '#') points to."""
     if not isinstance(ref, str) or not ref.startswith("#"):
         raise UnsupportedSchema(
-            "$ref", f"only references within the schema are supported: {_show(ref)}"
+            "$ref", f"only references within the schema are supported: {show(ref)}"
         )
     pointer = ref[1:]
     if pointer and not pointer.startswith("/"):
@@ -39,7 +49,7 @@ def _resolve(root: Mapping[str, Any], ref: object) -> object:
     return node
 
 
-def _merge(root: Mapping[str, Any], parts: Sequence[object]) -> dict[str, Any]:
+def merge(root: Mapping[str, Any], parts: Sequence[object]) -> dict[str, Any]:
     """One schema equivalent to all of ``parts`` together (allOf), or UnsupportedSchema."""
     flat: list[Mapping[str, Any]] = []
 
@@ -49,15 +59,15 @@ def _merge(root: Mapping[str, Any], parts: Sequence[object]) -> dict[str, Any]:
         if part is False:
             raise UnsupportedSchema("allOf", "a part is `false`, so no value matches")
         if not isinstance(part, Mapping):
-            raise InvalidFormat(f"invalid format: expected a schema object, got {_show(part)}")
-        _check_keywords(part)
+            raise InvalidFormat(f"invalid format: expected a schema object, got {show(part)}")
+        check_keywords(part)
         rest = dict(part)
         if "$ref" in rest:
             ref = rest.pop("$ref")
             if not isinstance(ref, str) or ref in refs:
-                raise UnsupportedSchema("$ref", f"a reference cycle through {_show(ref)}")
-            add(_resolve(root, ref), refs | {ref})
-        for sub in _as_list(rest.pop("allOf"), "allOf") if "allOf" in rest else []:
+                raise UnsupportedSchema("$ref", f"a reference cycle through {show(ref)}")
+            add(resolve(root, ref), refs | {ref})
+        for sub in as_list(rest.pop("allOf"), "allOf") if "allOf" in rest else []:
             add(sub, refs)
         flat.append(rest)
 
@@ -66,7 +76,7 @@ def _merge(root: Mapping[str, Any], parts: Sequence[object]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for part in flat:
         for key, value in part.items():
-            if key in _ANNOTATIONS or key.startswith("x-"):
+            if key in ANNOTATIONS or key.startswith("x-"):
                 continue
             merged[key] = _combine(key, merged[key], value) if key in merged else value
     _close_objects(flat, merged)
@@ -74,7 +84,8 @@ def _merge(root: Mapping[str, Any], parts: Sequence[object]) -> dict[str, Any]:
 
 
 def _combine(key: str, a: Any, b: Any) -> Any:
-    if _json_eq(a, b):
+    """One value for ``key`` that enforces both ``a`` and ``b``, or UnsupportedSchema."""
+    if json_eq(a, b):
         return a
     if key == "type":
         left, right = _type_set(a), _type_set(b)
@@ -83,12 +94,12 @@ def _combine(key: str, a: Any, b: Any) -> Any:
             both |= {"integer"} if "number" not in both else set()
         if not both:
             raise UnsupportedSchema("allOf", "the parts have no type in common")
-        return [t for t in _TYPES if t in both]
+        return [t for t in TYPES if t in both]
     exclusive_flags = isinstance(a, bool) or isinstance(b, bool)
     if key in ("minLength", "minItems", "minimum", "exclusiveMinimum") and not exclusive_flags:
-        return max(a, b, key=lambda v: _decimal(v, key))
+        return max(a, b, key=lambda v: as_decimal(v, key))
     if key in ("maxLength", "maxItems", "maximum", "exclusiveMaximum") and not exclusive_flags:
-        return min(a, b, key=lambda v: _decimal(v, key))
+        return min(a, b, key=lambda v: as_decimal(v, key))
     if key == "required" and isinstance(a, list) and isinstance(b, list):
         return list(dict.fromkeys([*a, *b]))
     if key == "properties" and isinstance(a, Mapping) and isinstance(b, Mapping):
@@ -101,9 +112,9 @@ def _combine(key: str, a: Any, b: Any) -> Any:
     if key == "additionalProperties" and isinstance(a, bool) and isinstance(b, bool):
         return a and b
     if key == "enum" and isinstance(a, list) and isinstance(b, list):
-        return [v for v in a if any(_json_eq(v, w) for w in b)]
+        return [v for v in a if any(json_eq(v, w) for w in b)]
     if key in ("anyOf", "oneOf"):
-        options = [{"allOf": [x, y]} for x in _as_list(a, key) for y in _as_list(b, key)]
+        options = [{"allOf": [x, y]} for x in as_list(a, key) for y in as_list(b, key)]
         if len(options) > 64:
             raise UnsupportedSchema("allOf", f"combining two {key} lists gives too many cases")
         return options
@@ -130,7 +141,8 @@ def _close_objects(parts: list[Mapping[str, Any]], merged: dict[str, Any]) -> No
         merged["properties"] = props
 
 
-def _check_disjoint(root: Mapping[str, Any], options: list[Any]) -> None:
+def check_disjoint(root: Mapping[str, Any], options: list[Any]) -> None:
+    """Refuse ``oneOf`` alternatives unless no two can match the same value."""
     for i, a in enumerate(options):
         for b in options[i + 1 :]:
             if not _disjoint(root, a, b):
@@ -146,16 +158,16 @@ def _disjoint(root: Mapping[str, Any], a: object, b: object) -> bool:
     if not isinstance(a, Mapping) or not isinstance(b, Mapping):
         return False
     if "$ref" in a or "allOf" in a:
-        return _disjoint(root, _merge(root, [a]), b)
+        return _disjoint(root, merge(root, [a]), b)
     if "$ref" in b or "allOf" in b:
-        return _disjoint(root, a, _merge(root, [b]))
-    lits_a, lits_b = _literal_values(a), _literal_values(b)
+        return _disjoint(root, a, merge(root, [b]))
+    lits_a, lits_b = literal_values(a), literal_values(b)
     if lits_a is not None and lits_b is not None:
-        return not any(_json_eq(x, y) for x in lits_a for y in lits_b)
+        return not any(json_eq(x, y) for x in lits_a for y in lits_b)
     types_a, types_b = _declared_types(a, lits_a), _declared_types(b, lits_b)
     if types_a is None or types_b is None:
         return False
-    if not _types_overlap(types_a, types_b):
+    if not types_overlap(types_a, types_b):
         return True
     if types_a <= {"object"} and types_b <= {"object"}:
         props_a, props_b = a.get("properties", {}), b.get("properties", {})
@@ -166,21 +178,10 @@ def _disjoint(root: Mapping[str, Any], a: object, b: object) -> bool:
     return False
 
 
-def _literal_values(schema: Mapping[str, Any]) -> list[Any] | None:
-    """The values enum/const allow (intersected when both are given), or None."""
-    values: list[Any] | None = None
-    if "enum" in schema:
-        values = _as_list(schema["enum"], "enum")
-    if "const" in schema:
-        const = schema["const"]
-        values = [const] if values is None else [v for v in values if _json_eq(v, const)]
-    return values
-
-
 def _declared_types(schema: Mapping[str, Any], literals: list[Any] | None) -> set[str] | None:
     """The JSON types a schema admits by its own keywords, None when any type may pass."""
     if literals is not None:
-        return set().union(*(_json_types(v) for v in literals)) if literals else set()
+        return set().union(*(json_types(v) for v in literals)) if literals else set()
     declared = schema.get("type")
     if isinstance(declared, str):
         return {declared}
@@ -192,5 +193,5 @@ def _declared_types(schema: Mapping[str, Any], literals: list[Any] | None) -> se
 def _type_set(declared: object) -> set[str]:
     names = [declared] if isinstance(declared, str) else declared
     if not isinstance(names, list | tuple) or not all(isinstance(t, str) for t in names):
-        raise UnsupportedSchema("type", f"must be a type name or a list of them: {_show(declared)}")
+        raise UnsupportedSchema("type", f"must be a type name or a list of them: {show(declared)}")
     return set(names)

@@ -1,16 +1,25 @@
-"""Numbers: bounds, exact integer and decimal ranges, ``multipleOf``."""
+"""Numbers: bounds, exact integer and decimal ranges, ``multipleOf``.
+
+A leaf type: ``Numbers`` turns the number keywords of one schema into a rule
+for the integers or decimals they allow, exactly and without exponents when
+bounded, sharing equal digit and fraction rules across one grammar. It knows
+nothing of other types or of subschemas. It imports ``rules``, ``charsets``
+(digit classes) and ``values`` (keyword values as decimals).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Any
+from typing import Any, TypeAlias
 
-from pollama.chat.grammar.charsets import _class, _normalize
-from pollama.chat.grammar.rules import _Grammar, _is_atom, _lit, _paren, _seq
-from pollama.chat.grammar.values import _decimal
+from pollama.chat.grammar.charsets import char_class, normalize
+from pollama.chat.grammar.rules import Grammar, is_atom, lit, paren, seq
+from pollama.chat.grammar.values import as_decimal
 from pollama.errors import UnsupportedSchema
+
+__all__ = ["Numbers"]
 
 _INT_DIGITS = 16  # unbounded integers: up to 16 digits (2^53 has 16)
 _SIG_DIGITS = 15  # bounded numbers: every decimal with <= 15 digits survives a float parse
@@ -20,6 +29,11 @@ _SIG_DIGITS = 15  # bounded numbers: every decimal with <= 15 digits survives a 
 class _Bound:
     value: Decimal
     inclusive: bool
+
+
+_Edge: TypeAlias = tuple[str | None, bool]
+"""One side of a fraction range: the bound's fraction digits and whether it is exclusive."""
+_FREE: _Edge = (None, False)  # that side is already decided by the integer part
 
 
 def _bounds(schema: Mapping[str, Any]) -> tuple[_Bound | None, _Bound | None]:
@@ -41,13 +55,13 @@ def _bounds(schema: Mapping[str, Any]) -> tuple[_Bound | None, _Bound | None]:
         exclusive = schema.get(exclusive_key)
         draft4 = isinstance(exclusive, bool)  # draft 4: a flag on minimum/maximum
         if keyword in schema:
-            bound = _Bound(_decimal(schema[keyword], keyword), not (draft4 and exclusive))
+            bound = _Bound(as_decimal(schema[keyword], keyword), not (draft4 and exclusive))
             if is_lower:
                 lower = tighter(lower, bound, True)
             else:
                 upper = tighter(upper, bound, False)
         if exclusive is not None and not draft4:
-            bound = _Bound(_decimal(exclusive, exclusive_key), False)
+            bound = _Bound(as_decimal(exclusive, exclusive_key), False)
             if is_lower:
                 lower = tighter(lower, bound, True)
             else:
@@ -76,10 +90,10 @@ def _zero_fraction_ok(
     return True
 
 
-class _Numbers:
+class Numbers:
     """Number rules for one grammar; equal fraction rules are built once."""
 
-    def __init__(self, grammar: _Grammar) -> None:
+    def __init__(self, grammar: Grammar) -> None:
         self.grammar = grammar
         self._fractions: dict[tuple[str | None, bool, str | None, bool, int], str | None] = {}
 
@@ -89,7 +103,7 @@ class _Numbers:
         lower, upper = _bounds(schema)
         fraction_digits: int | None = None  # None: as many as significance allows
         if "multipleOf" in schema:
-            step = _decimal(schema["multipleOf"], "multipleOf")
+            step = as_decimal(schema["multipleOf"], "multipleOf")
             if step <= 0:
                 raise UnsupportedSchema("multipleOf", "must be greater than 0")
             if integer:
@@ -128,7 +142,7 @@ class _Numbers:
             start = 1 if hi is None or hi >= 0 else -hi
             negative = [e for _, e in self._whole(start, None if lo is None else -lo, _INT_DIGITS)]
             if negative:
-                alts.append(f'"-" {_paren(" | ".join(negative))}')
+                alts.append(f'"-" {paren(" | ".join(negative))}')
         if not alts:
             raise UnsupportedSchema("minimum", f"no integer of at most {_INT_DIGITS} digits fits")
         return " | ".join(alts)
@@ -152,7 +166,7 @@ class _Numbers:
             m_upper = None if lower is None else _Bound(-lower.value, lower.inclusive)
             negative = self._magnitude(m_lower, m_upper, fraction_digits)
             if negative:
-                alts.append(f'"-" {_paren(" | ".join(negative))}')
+                alts.append(f'"-" {paren(" | ".join(negative))}')
         if not alts:
             raise UnsupportedSchema("minimum", "no number lies within the bounds")
         return " | ".join(alts)
@@ -160,7 +174,11 @@ class _Numbers:
     def _magnitude(
         self, lower: _Bound, upper: _Bound | None, fraction_digits: int | None
     ) -> list[str]:
-        """Non-negative decimals (no exponent) between the bounds, as alternatives."""
+        """Non-negative decimals (no exponent) between the bounds, as alternatives.
+
+        The integer part is the lower bound's, the upper bound's or one in
+        between; only the two bounds' own integer parts restrict the fraction.
+        """
         if upper is not None and (
             lower.value > upper.value
             or (lower.value == upper.value and not (lower.inclusive and upper.inclusive))
@@ -169,66 +187,44 @@ class _Numbers:
         low_int, low_frac = _split_decimal(lower.value)
         if len(str(low_int)) > _SIG_DIGITS:
             return []
-
-        def frac_room(int_len: int) -> int:
-            room = max(0, _SIG_DIGITS - int_len)
-            return room if fraction_digits is None else min(room, fraction_digits)
-
-        def with_fraction(
-            int_expr: str,
-            int_len: int,
-            low: str | None,
-            low_strict: bool,
-            high: str | None,
-            high_strict: bool,
-        ) -> str | None:
-            ends, more = self._fraction(low, low_strict, high, high_strict, frac_room(int_len))
-            if more and ends:
-                return f'{int_expr} ( "." {more} )?'
-            if more:
-                return f'{int_expr} "." {more}'
-            return int_expr if ends else None
-
-        alts: list[str | None] = []
+        low_edge: _Edge = (low_frac, not lower.inclusive)
+        high_int: int | None = None
+        high_edge = _FREE
         if upper is not None:
             high_int, high_frac = _split_decimal(upper.value)
-        if upper is not None and low_int == high_int:
-            alts.append(
-                with_fraction(
-                    _lit(str(low_int)),
-                    len(str(low_int)),
-                    low_frac,
-                    not lower.inclusive,
-                    high_frac,
-                    not upper.inclusive,
-                )
-            )
+            high_edge = (high_frac, not upper.inclusive)
+
+        def at(int_part: int, low: _Edge, high: _Edge) -> str | None:
+            """A bound's own integer part, then the fractions that keep within the bounds."""
+            text = str(int_part)
+            return self._with_fraction(lit(text), len(text), low, high, fraction_digits)
+
+        if high_int == low_int:
+            alts = [at(low_int, low_edge, high_edge)]
         else:
-            alts.append(
-                with_fraction(
-                    _lit(str(low_int)),
-                    len(str(low_int)),
-                    low_frac,
-                    not lower.inclusive,
-                    None,
-                    False,
-                )
-            )
-            middle_hi = None if upper is None else high_int - 1
-            for length, expr in self._whole(low_int + 1, middle_hi, _SIG_DIGITS):
-                alts.append(with_fraction(expr, length, None, False, None, False))
-            if upper is not None and len(str(high_int)) <= _SIG_DIGITS:
-                alts.append(
-                    with_fraction(
-                        _lit(str(high_int)),
-                        len(str(high_int)),
-                        None,
-                        False,
-                        high_frac,
-                        not upper.inclusive,
-                    )
-                )
+            alts = [at(low_int, low_edge, _FREE)]
+            middle_hi = None if high_int is None else high_int - 1
+            alts += [
+                self._with_fraction(expr, length, _FREE, _FREE, fraction_digits)
+                for length, expr in self._whole(low_int + 1, middle_hi, _SIG_DIGITS)
+            ]
+            if high_int is not None and len(str(high_int)) <= _SIG_DIGITS:
+                alts.append(at(high_int, _FREE, high_edge))
         return [a for a in alts if a]
+
+    def _with_fraction(
+        self, int_expr: str, int_len: int, low: _Edge, high: _Edge, fraction_digits: int | None
+    ) -> str | None:
+        """``int_expr`` (``int_len`` digits) and the fractions allowed after it, or None if none."""
+        room = max(0, _SIG_DIGITS - int_len)
+        if fraction_digits is not None:
+            room = min(room, fraction_digits)
+        ends, more = self._fraction(low[0], low[1], high[0], high[1], room)
+        if more and ends:
+            return f'{int_expr} ( "." {more} )?'
+        if more:
+            return f'{int_expr} "." {more}'
+        return int_expr if ends else None
 
     def _fraction(
         self, low: str | None, low_strict: bool, high: str | None, high_strict: bool, room: int
@@ -265,10 +261,10 @@ class _Numbers:
             groups.setdefault((next_low, next_high), []).append(digit)
         alts = []
         for (next_low, next_high), digits in groups.items():
-            cls = _class(_normalize([(0x30 + d, 0x30 + d) for d in digits]))
+            cls = char_class(normalize([(0x30 + d, 0x30 + d) for d in digits]))
             stop, more = self._fraction(next_low, low_strict, next_high, high_strict, room - 1)
             if more and stop:
-                alts.append(f"{cls} {more}?" if _is_atom(more) else f"{cls} ( {more} )?")
+                alts.append(f"{cls} {more}?" if is_atom(more) else f"{cls} ( {more} )?")
             elif more:
                 alts.append(f"{cls} {more}")
             elif stop:
@@ -292,24 +288,24 @@ class _Numbers:
     def _digits(self, x: str, y: str) -> str:
         """Digit strings of one length between x and y inclusive; no top-level '|'."""
         if x == y:
-            return _lit(x)
+            return lit(x)
         if len(x) == 1:
             return f"[{x}-{y}]"
         if x[0] == y[0]:
-            return _seq(_lit(x[0]), self._digits(x[1:], y[1:]))
+            return seq(lit(x[0]), self._digits(x[1:], y[1:]))
         rest = len(x) - 1
         alts = []
         first, last = int(x[0]), int(y[0])
         if x[1:] != "0" * rest:
-            alts.append(_seq(_lit(x[0]), self._digits(x[1:], "9" * rest)))
+            alts.append(seq(lit(x[0]), self._digits(x[1:], "9" * rest)))
             first += 1
         tail = ""
         if y[1:] != "9" * rest:
-            tail = _seq(_lit(y[0]), self._digits("0" * rest, y[1:]))
+            tail = seq(lit(y[0]), self._digits("0" * rest, y[1:]))
             last -= 1
         if first <= last:
-            lead = _lit(str(first)) if first == last else f"[{first}-{last}]"
-            alts.append(_seq(lead, "[0-9]" if rest == 1 else f"[0-9]{{{rest}}}"))
+            lead = lit(str(first)) if first == last else f"[{first}-{last}]"
+            alts.append(seq(lead, "[0-9]" if rest == 1 else f"[0-9]{{{rest}}}"))
         if tail:
             alts.append(tail)
         return alts[0] if len(alts) == 1 else self.grammar.helper("digits", " | ".join(alts))

@@ -1,4 +1,11 @@
-"""``pattern``: a parser for the ECMA-262 subset we support, and its conversion to GBNF."""
+"""``pattern``: a parser for the ECMA-262 subset we support, and its conversion to GBNF.
+
+A leaf type: it turns one pattern string into the rule for the JSON strings
+that match it, and knows nothing else about schemas. It parses the pattern into
+a small tree (refusing what a grammar cannot express) and writes the tree as
+GBNF over JSON-escaped characters. It imports ``rules``, ``charsets``,
+``values`` (to show a bad value) and ``keywords`` (for ``MAX_LENGTH``).
+"""
 
 from __future__ import annotations
 
@@ -7,28 +14,30 @@ from dataclasses import dataclass, field
 from typing import NoReturn, TypeAlias
 
 from pollama.chat.grammar.charsets import (
-    _JSON_SPECIAL,
-    _UNIVERSE,
-    _class,
-    _complement,
-    _intersect,
-    _json_char,
-    _normalize,
-    _Ranges,
-    _subtract,
+    JSON_SPECIAL,
+    UNIVERSE,
+    Ranges,
+    char_class,
+    complement,
+    intersect,
+    json_char,
+    normalize,
+    subtract,
 )
 from pollama.chat.grammar.keywords import MAX_LENGTH
-from pollama.chat.grammar.rules import _Grammar, _lit, _paren, _seq
-from pollama.chat.grammar.values import _show
+from pollama.chat.grammar.rules import Grammar, lit, paren, seq
+from pollama.chat.grammar.values import show
 from pollama.errors import UnsupportedSchema
 
-_DIGIT: _Ranges = ((0x30, 0x39),)
-_WORD: _Ranges = ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))
-_SPACE: _Ranges = _normalize(
+__all__ = ["pattern_rule"]
+
+_DIGIT: Ranges = ((0x30, 0x39),)
+_WORD: Ranges = ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A))
+_SPACE: Ranges = normalize(
     [(0x09, 0x0D), (0x20, 0x20), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A)]
     + [(0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000), (0xFEFF, 0xFEFF)]
 )
-_LINE_TERMINATORS: _Ranges = ((0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029))
+_LINE_TERMINATORS: Ranges = ((0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029))
 
 
 # ---- parsing
@@ -36,7 +45,7 @@ _LINE_TERMINATORS: _Ranges = ((0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029))
 
 @dataclass(frozen=True)
 class _RChars:
-    ranges: _Ranges
+    ranges: Ranges
 
 
 @dataclass(frozen=True)
@@ -164,7 +173,7 @@ class _RegexParser:
             return self._class()
         if c == ".":
             self.pos += 1
-            return _RChars(_subtract(_UNIVERSE, _LINE_TERMINATORS))
+            return _RChars(subtract(UNIVERSE, _LINE_TERMINATORS))
         if c in "^$":
             self.pos += 1
             return _RAnchor(at_end=c == "$")
@@ -209,17 +218,17 @@ class _RegexParser:
                 ranges.extend(first)
             else:
                 ranges.append((first, first))
-        found = _intersect(_normalize(ranges), _UNIVERSE)
-        return _RChars(_complement(found) if negate else found)
+        found = intersect(normalize(ranges), UNIVERSE)
+        return _RChars(complement(found) if negate else found)
 
-    def _class_atom(self) -> int | _Ranges:
+    def _class_atom(self) -> int | Ranges:
         if self._peek() == "\\":
             return self._escape(in_class=True)
         c = self.src[self.pos]
         self.pos += 1
         return self._scalar(ord(c))
 
-    def _escape(self, in_class: bool) -> int | _Ranges:
+    def _escape(self, in_class: bool) -> int | Ranges:
         """The character or set an escape stands for; the cursor is on the backslash."""
         self.pos += 1
         c = self._peek()
@@ -230,7 +239,7 @@ class _RegexParser:
         if c in sets:
             return sets[c]
         if c.lower() in sets:
-            return _complement(sets[c.lower()])
+            return complement(sets[c.lower()])
         if c == "b" and in_class:
             return 0x08
         if c in "bB":
@@ -303,10 +312,10 @@ def _has_anchor(node: _RNode) -> bool:
 # ---- conversion to GBNF
 
 
-def _pattern(g: _Grammar, pattern: object, name: str) -> str:
+def pattern_rule(g: Grammar, pattern: object, name: str) -> str:
     """GBNF for a JSON string matching ``pattern`` anywhere (unless anchored)."""
     if not isinstance(pattern, str):
-        raise UnsupportedSchema("pattern", f"must be a string, not {_show(pattern)}")
+        raise UnsupportedSchema("pattern", f"must be a string, not {show(pattern)}")
     tree = _RegexParser(pattern).parse()
     branches = tree.options if isinstance(tree, _RAlt) else (tree,)
     alternatives = []
@@ -325,7 +334,7 @@ def _pattern(g: _Grammar, pattern: object, name: str) -> str:
             )
         anywhere = f"{g.prim('char')}*"  # JSON Schema patterns are unanchored
         alternatives.append(
-            _seq(
+            seq(
                 "" if anchored_start else anywhere,
                 _regex(g, middle, pattern),
                 "" if anchored_end else anywhere,
@@ -338,7 +347,7 @@ def _pattern(g: _Grammar, pattern: object, name: str) -> str:
     return f'"\\"" {content} "\\""'
 
 
-def _regex(g: _Grammar, node: _RNode, pattern: str) -> str:
+def _regex(g: Grammar, node: _RNode, pattern: str) -> str:
     """GBNF for the JSON string content (escaped as JSON) that ``node`` matches."""
     if isinstance(node, _RChars):
         return _content_chars(g, node.ranges, pattern)
@@ -351,15 +360,15 @@ def _regex(g: _Grammar, node: _RNode, pattern: str) -> str:
                 and len(item.ranges) == 1
                 and item.ranges[0][0] == item.ranges[0][1]
             ):
-                text += _json_char(item.ranges[0][0])
+                text += json_char(item.ranges[0][0])
                 continue
             if text:
-                parts.append(_lit(text))
+                parts.append(lit(text))
                 text = ""
-            parts.append(_paren(_regex(g, item, pattern)))
+            parts.append(paren(_regex(g, item, pattern)))
         if text:
-            parts.append(_lit(text))
-        return _seq(*parts)
+            parts.append(lit(text))
+        return seq(*parts)
     if isinstance(node, _RAlt):
         return " | ".join(_regex(g, option, pattern) for option in node.options)
     if isinstance(node, _RRepeat):
@@ -373,12 +382,12 @@ def _regex(g: _Grammar, node: _RNode, pattern: str) -> str:
     )
 
 
-def _content_chars(g: _Grammar, ranges: _Ranges, pattern: str) -> str:
+def _content_chars(g: Grammar, ranges: Ranges, pattern: str) -> str:
     """One JSON string character from ``ranges``, escaped the way JSON requires."""
-    raw = _subtract(ranges, _JSON_SPECIAL)
-    alts = [_class(raw)] if raw else []
-    for lo, hi in _intersect(ranges, _JSON_SPECIAL):
-        alts += [_lit(_json_char(code)) for code in range(lo, hi + 1)]
+    raw = subtract(ranges, JSON_SPECIAL)
+    alts = [char_class(raw)] if raw else []
+    for lo, hi in intersect(ranges, JSON_SPECIAL):
+        alts += [lit(json_char(code)) for code in range(lo, hi + 1)]
     if not alts:
         raise UnsupportedSchema(
             "pattern", f"a character class that matches nothing, in {pattern!r}"

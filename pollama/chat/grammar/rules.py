@@ -1,8 +1,16 @@
-"""GBNF text: the rule set under construction, its fixed building blocks, literals."""
+"""GBNF text: the rule set under construction, its fixed building blocks, and literals.
+
+The bottom of the package: everything that spells GBNF syntax (rule names,
+string literals, sequences, bounded repetition that llama.cpp keeps exact) lives
+here, so no other file needs to know how GBNF quotes or repeats. It imports
+nothing from the package; every other file may import it.
+"""
 
 from __future__ import annotations
 
 import re
+
+__all__ = ["Grammar", "escape_code", "is_atom", "lit", "paren", "seq"]
 
 _CHUNK = 1000  # llama.cpp turns x{m,n} with n > 2000 into x{m,} silently; stay well below
 _RULE_NAME = re.compile(r"[A-Za-z0-9-]+")
@@ -62,7 +70,7 @@ _PRIMITIVES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-class _Grammar:
+class Grammar:
     """Named GBNF rules under construction; helper rules with equal bodies are shared."""
 
     def __init__(self) -> None:
@@ -108,7 +116,7 @@ class _Grammar:
 
     def repeat(self, atom: str, lo: int, hi: int | None) -> str:
         """``atom`` repeated lo..hi times (hi None: unbounded), in pieces llama.cpp keeps exact."""
-        if not _is_atom(atom):
+        if not is_atom(atom):
             atom = self.helper("item", atom)
         if hi == 0:
             return ""
@@ -118,8 +126,8 @@ class _Grammar:
             head = [self.helper("chunk", f"{atom}{{{_CHUNK}}}")] * whole
             hi = None if hi is None else hi - whole * _CHUNK
         if hi is not None and hi > _CHUNK:
-            return _seq(*head, _quantified(atom, lo, lo), self._up_to(atom, hi - lo))
-        return _seq(*head, _quantified(atom, lo, hi))
+            return seq(*head, _quantified(atom, lo, lo), self._up_to(atom, hi - lo))
+        return seq(*head, _quantified(atom, lo, hi))
 
     def _up_to(self, atom: str, n: int) -> str:
         """0..n copies of ``atom``: a full chunk and then the rest, or fewer than a chunk."""
@@ -130,7 +138,7 @@ class _Grammar:
         return self.helper("up-to", f"{chunk} {rest} | {atom}{{0,{_CHUNK - 1}}}")
 
 
-def _lit(text: str) -> str:
+def lit(text: str) -> str:
     """A GBNF string literal matching exactly ``text``; non-ASCII goes in as escapes."""
     out = ['"']
     for ch in text:
@@ -141,12 +149,13 @@ def _lit(text: str) -> str:
         elif " " <= ch <= "~":
             out.append(ch)
         else:
-            out.append(_escape_code(ord(ch)))
+            out.append(escape_code(ord(ch)))
     out.append('"')
     return "".join(out)
 
 
-def _escape_code(code: int) -> str:
+def escape_code(code: int) -> str:
+    """GBNF's escape for the character ``code``: the shortest of \\x, \\u and \\U that fits."""
     if code < 0x80:
         return f"\\x{code:02X}"
     if code <= 0xFFFF:
@@ -154,17 +163,12 @@ def _escape_code(code: int) -> str:
     return f"\\U{code:08X}"
 
 
-def _class_char(code: int) -> str:
-    # Only ASCII letters and digits go in raw: '-', ']', '^' and '\' would mean something.
-    ch = chr(code)
-    return ch if ch.isascii() and ch.isalnum() else _escape_code(code)
-
-
-def _seq(*parts: str) -> str:
+def seq(*parts: str) -> str:
+    """A GBNF sequence of ``parts``, leaving out the empty ones (an absent optional piece)."""
     return " ".join(part for part in parts if part)
 
 
-def _paren(body: str) -> str:
+def paren(body: str) -> str:
     """``body`` made safe to place inside a sequence."""
     return f"( {body} )" if "|" in body else body
 
@@ -180,7 +184,7 @@ def _quantified(atom: str, lo: int, hi: int | None) -> str:
     return f"{atom}?" if (lo, hi) == (0, 1) else f"{atom}{{{lo},{hi}}}"
 
 
-def _is_atom(expr: str) -> bool:
+def is_atom(expr: str) -> bool:
     """Whether a quantifier placed after ``expr`` applies to all of it."""
     if _RULE_NAME.fullmatch(expr):
         return True
