@@ -3,6 +3,9 @@
     PollamaError                    anything pollama reports to a user as is
     ├── InvalidModelFile            a model file that is not a usable GGUF
     ├── BadRequest                  a request body that is missing, not JSON, or malformed
+    │   ├── InvalidOption           an option or PARAMETER unknown, or of the wrong type
+    │   ├── InvalidKeepAlive        a keep_alive that is neither seconds nor a duration
+    │   └── Unsupported             a feature pollama accepts on the wire but cannot do
     ├── ModelNotFound               a name or path that names no model
     ├── InvalidModelName            a name Ollama's rules reject (or a traversal attempt)
     ├── InvalidDigest               a blob digest that is not sha256:<64 hex>
@@ -51,6 +54,19 @@ class InvalidModelFile(PollamaError):
 
 class BadRequest(PollamaError):
     """A request that cannot be served as sent (HTTP 400); the message says why."""
+
+
+class InvalidOption(BadRequest):
+    """An option or PARAMETER whose key is unknown or whose value has the wrong type."""
+
+
+class InvalidKeepAlive(BadRequest):
+    """A ``keep_alive`` that is neither a number of seconds nor a duration."""
+
+
+class Unsupported(BadRequest):
+    """Something a client may send that pollama cannot do yet (images, LoRA adapters,
+    vision projectors): refused by name, never silently ignored."""
 
 
 class ModelNotFound(PollamaError):

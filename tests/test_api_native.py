@@ -88,7 +88,7 @@ def test_errors_have_ollama_statuses(server: Server):
     bad_option = server.post(
         "/api/generate", {"model": "smollm2", "prompt": "x", "options": {"stop": "a"}}
     )
-    assert bad_option.status_code == 500
+    assert bad_option.status_code == 400  # the client's mistake (Ollama says 500)
     assert bad_option.json()["error"] == 'option "stop" must be of type array'
 
 

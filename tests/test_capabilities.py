@@ -76,10 +76,21 @@ def test_insert_when_the_template_reads_a_suffix(template: ChatTemplate):
     assert capabilities(LLAMA, template) == ["completion", "insert"]
 
 
-def test_vision_from_a_projector_or_a_vision_tower():
-    assert capabilities(LLAMA, None, has_projector=True) == ["completion", "vision"]
+def test_vision_from_a_projector_or_a_vision_tower_once_images_work():
     gemma = {"general.architecture": "gemma3", "gemma3.vision.block_count": 27}
-    assert capabilities(gemma, None) == ["completion", "vision"]
+    assert capabilities(LLAMA, None, has_projector=True, images_work=True) == [
+        "completion",
+        "vision",
+    ]
+    assert capabilities(gemma, None, images_work=True) == ["completion", "vision"]
+    assert capabilities(LLAMA, None, images_work=True) == ["completion"]
+
+
+def test_no_vision_while_the_runner_cannot_read_images():
+    # Claiming it would tell a client that images are seen, which pollama refuses.
+    gemma = {"general.architecture": "gemma3", "gemma3.vision.block_count": 27}
+    assert capabilities(LLAMA, None, has_projector=True) == ["completion"]
+    assert capabilities(gemma, None) == ["completion"]
 
 
 @pytest.mark.parametrize(
@@ -107,7 +118,7 @@ def test_everything_in_ollamas_order():
     template = jinja(
         "{% if tools %}T{% endif %}{{ suffix }}{% if enable_thinking %}<think>{% endif %}"
     )
-    assert capabilities(LLAMA, template, has_projector=True) == [
+    assert capabilities(LLAMA, template, has_projector=True, images_work=True) == [
         "completion",
         "tools",
         "insert",

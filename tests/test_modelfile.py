@@ -10,10 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pollama.errors import InvalidModelfile
+from pollama.errors import BadRequest, InvalidModelfile, InvalidOption
 from pollama.options.parameters import (
     OPTIONS,
-    InvalidOption,
     OptionType,
     ParameterValue,
     parse_parameter,
@@ -125,7 +124,7 @@ _TYPED: dict[OptionType, st.SearchStrategy[Any]] = {
     OptionType.STRING_LIST: _TEXT,
 }
 _PARAMETER = st.sampled_from(sorted(OPTIONS)).flatmap(
-    lambda key: st.tuples(st.just(key), _TYPED[OPTIONS[key]])
+    lambda key: st.tuples(st.just(key), _TYPED[OPTIONS[key].type])
 )
 _MODELFILES = st.builds(
     Modelfile,
@@ -252,4 +251,4 @@ def test_validate_options_types_and_messages() -> None:
         with pytest.raises(InvalidOption) as info:
             validate_options(options)
         assert str(info.value) == message
-        assert isinstance(info.value, ValueError)
+        assert isinstance(info.value, BadRequest)  # a 400

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import gguf
@@ -10,8 +11,13 @@ from gguf_files import write_gguf
 
 from pollama.demo import demo_model_path
 from pollama.devices.types import DeviceID, DeviceInfo, SystemInfo
+from pollama.errors import BadRequest, InvalidOption
 from pollama.ggufmeta import GGUFModel, read_model
 from pollama.options.load import FlashAttention, LoadOptions, resolve_load_options
+from pollama.options.parameters import OPTIONS, OptionKind, names, validate_options
+from pollama.protocol.wire import SamplingOptions
+from pollama.scheduler.keepalive import load_options
+from pollama.settings import Settings
 from pollama.units import GiB, MiB
 
 SYSTEM = SystemInfo(total_memory=24 * GiB, free_memory=20 * GiB, free_swap=0, thread_count=6)
@@ -105,3 +111,46 @@ def test_mmap_rules(demo):
 def test_kv_size_is_context_times_parallel(demo):
     config = resolve_load_options(demo, LoadOptions(num_ctx=2048, parallel=4), SYSTEM)
     assert config.kv_size == 8192
+
+
+# -- the one options table --------------------------------------------------------------------
+
+
+def test_sampling_options_are_the_tables_sampling_options_with_its_defaults():
+    sampling = {f.name: f.default for f in dataclasses.fields(SamplingOptions)}
+    assert tuple(sorted(sampling)) == tuple(sorted(names(OptionKind.SAMPLING)))
+    assert all(value == OPTIONS[name].default for name, value in sampling.items())
+    assert SamplingOptions().temperature == 0.8 and SamplingOptions().top_k == 40
+
+
+def test_load_options_come_from_the_table_and_the_environment():
+    settings = Settings(context_length=2048, num_parallel=3)
+    asked = load_options({"num_batch": 128.0, "use_mmap": False, "top_k": 5}, settings)
+    assert asked.num_ctx == 2048 and asked.parallel == 3
+    assert asked.num_batch == 128 and asked.use_mmap is False
+    assert load_options({}, settings).num_batch == OPTIONS["num_batch"].default == 512
+    assert set(names(OptionKind.LOAD)) <= {f.name for f in dataclasses.fields(LoadOptions)}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_ctx": "big"}, 'option "num_ctx" must be of type integer'),
+        ({"use_mmap": 1}, 'option "use_mmap" must be of type boolean'),
+        ({"temperature": "hot"}, 'option "temperature" must be of type float32'),
+        ({"stop": 5}, 'option "stop" must be of type array'),
+    ],
+)
+def test_a_wrongly_typed_option_is_a_bad_request_with_ollamas_words(options, message):
+    with pytest.raises(InvalidOption, match=message) as raised:
+        load_options(options, Settings())
+        validate_options(options)
+    assert isinstance(raised.value, BadRequest)
+
+
+def test_ignored_options_validate_and_do_nothing():
+    assert OPTIONS["mirostat"].kind is OptionKind.IGNORED
+    assert validate_options({"mirostat": 2}) == {"mirostat": 2}
+    with pytest.raises(InvalidOption):
+        validate_options({"mirostat": "two"})
+    assert "mirostat" not in {f.name for f in dataclasses.fields(SamplingOptions)}

@@ -21,6 +21,8 @@ from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.errors import (
     EngineCrashed,
     InsufficientMemory,
+    InvalidKeepAlive,
+    InvalidOption,
     LoadError,
     LoadRequiredFull,
     QueueFull,
@@ -736,7 +738,7 @@ def test_parse_keep_alive(value: object, seconds: float | None) -> None:
 
 @pytest.mark.parametrize("value", ["300", "-1", "", "five minutes", True, [5], {"s": 1}, math.nan])
 def test_parse_keep_alive_rejects(value: object) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidKeepAlive):
         parse_keep_alive(value)
 
 
@@ -745,9 +747,9 @@ def test_load_options_types() -> None:
     asked = load_options({"num_ctx": 8192.0, "use_mmap": None}, settings)
     assert (asked.num_ctx, asked.parallel, asked.use_mmap) == (8192, 4, None)
     assert load_options({}, settings).num_ctx == 2048
-    with pytest.raises(ValueError, match='option "num_ctx" must be of type integer'):
+    with pytest.raises(InvalidOption, match='option "num_ctx" must be of type integer'):
         load_options({"num_ctx": "big"}, settings)
-    with pytest.raises(ValueError, match='option "use_mmap" must be of type boolean'):
+    with pytest.raises(InvalidOption, match='option "use_mmap" must be of type boolean'):
         load_options({"use_mmap": "yes"}, settings)
 
 

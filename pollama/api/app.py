@@ -10,10 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pollama.api import metrics
 from pollama.api.anthropic import routes as anthropic
-from pollama.api.errors import error_body_for, message_of, status_of
+from pollama.api.errors import ApiError, api_error, error_body_for
 from pollama.api.ollama import catalog, embed, generate, manage
 from pollama.api.openai import responses
 from pollama.api.openai import routes as openai
@@ -22,6 +23,35 @@ from pollama.api.state import ServerState
 from pollama.errors import PollamaError
 
 log = logging.getLogger(__name__)
+
+
+class CatchUnexpected:
+    """An exception that is not ours (a bug) becomes a 500 in the API's error shape with a
+    generic message, its traceback in the log, if nothing of the response was sent yet;
+    after the first byte the stream encoders end the stream with an error record."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise
+            log.error("unexpected error serving %s", scope.get("path", ""), exc_info=exc)
+            body = error_body_for(scope.get("path", ""))(api_error(exc))
+            await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -45,7 +75,9 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(anthropic.router)
     app.include_router(metrics.router)
     # Added last = outermost: the Host check runs before anything else; then every
-    # request it lets through is counted, CORS preflights included.
+    # request it lets through is counted, CORS preflights included; a bug of ours
+    # still answers in the API's error shape, with CORS headers.
+    app.add_middleware(CatchUnexpected)
     app.add_middleware(
         CORSMiddleware,
         allow_origin_regex=origin_regex((*DEFAULT_ORIGINS, *state.settings.origins)),
@@ -56,24 +88,18 @@ def create_app(state: ServerState) -> FastAPI:
     app.add_middleware(HostCheck, bound=state.settings.host)
 
     async def _error(request: Request, exc: Exception) -> JSONResponse:
-        status = status_of(exc)
-        if status >= 500:
-            # Our own errors say what went wrong; only the unexpected need a traceback.
-            log.warning(
-                "request failed: %s", exc, exc_info=not isinstance(exc, PollamaError | ValueError)
-            )
-        body = error_body_for(request.url.path)(status, message_of(exc))
-        return JSONResponse(body, status_code=status)
+        error = api_error(exc)
+        if error.status >= 500 and isinstance(exc, PollamaError):
+            # Our own errors say what went wrong; the unexpected get a traceback below.
+            log.warning("request failed: %s", exc)
+        return JSONResponse(error_body_for(request.url.path)(error), status_code=error.status)
 
-    # Our errors go through the ordinary exception middleware; a handler for plain
-    # Exception would sit in Starlette's server-error middleware, which re-raises.
-    for kind in (PollamaError, ValueError):
-        app.add_exception_handler(kind, _error)  # type: ignore[arg-type]
+    app.add_exception_handler(PollamaError, _error)  # type: ignore[arg-type]
 
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         # Unknown routes and wrong methods answer in the API's error shape too.
         message = "404 page not found" if exc.status_code == 404 else str(exc.detail).lower()
-        body = error_body_for(request.url.path)(exc.status_code, message)
+        body = error_body_for(request.url.path)(ApiError(exc.status_code, message))
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]

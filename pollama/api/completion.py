@@ -25,11 +25,11 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from pollama.api.metrics import Metrics
+from pollama.api.metrics import CompletionMeter, Metrics
 from pollama.api.state import ServerState
 from pollama.chat.capabilities import template_thinks
 from pollama.chat.grammar import grammar_from_format, json_schema_to_grammar
@@ -52,11 +52,12 @@ from pollama.chat.reply import (
     starts_in_thinking,
 )
 from pollama.chat.template import ChatTemplate, special_tokens, template_for
-from pollama.errors import BadRequest
+from pollama.errors import BadRequest, Unsupported
 from pollama.ggufmeta import GGUFModel
 from pollama.options.parameters import validate_options
 from pollama.protocol.wire import (
     CompletionChunk,
+    CompletionDone,
     CompletionRequest,
     Logprob,
     SamplingOptions,
@@ -161,17 +162,37 @@ class GenerateCall(_Common):
     images: Sequence[str] = ()
 
 
+def refuse_unsupported(spec: ModelSpec, *, images: bool = False) -> None:
+    """A 400 naming what pollama would otherwise drop: images, a LoRA adapter, a vision
+    projector. The runner cannot use them yet; answering without them would be wrong
+    in a way the client cannot see."""
+    if images:
+        raise Unsupported(f'images are not supported yet (model "{spec.name}")')
+    if spec.adapters:
+        raise Unsupported(
+            f'"{spec.name}" was created with an ADAPTER (LoRA); adapters are not supported yet'
+        )
+    if spec.projector:
+        raise Unsupported(
+            f'"{spec.name}" has a vision projector; vision models are not supported yet'
+        )
+
+
+def _has_images(messages: Sequence[Mapping[str, Any]]) -> bool:
+    return any(message.get("images") for message in messages)
+
+
 def check_format(fmt: object) -> None:
     """Reject a bad ``format`` before anything loads (InvalidFormat/UnsupportedSchema → 400)."""
     if fmt is not None and fmt != "":
         grammar_from_format(fmt)
 
 
-# -- the reply's shape --------------------------------------------------------------------
+# -- the reply's plan --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Shape:
+class _ReplyPlan:
     """How the reply is parsed and constrained, decided before anything is generated."""
 
     thinking: ThinkingTags | None
@@ -192,13 +213,13 @@ def _think_flag(think: bool | str | None) -> bool | None:
     return think
 
 
-def _shape(
+def _reply_plan(
     name: str,
     template: ChatTemplate | None,
     call: _Common,
     tools: Sequence[Mapping[str, Any]] | None,
     tool_choice: ToolChoice,
-) -> _Shape:
+) -> _ReplyPlan:
     think = _think_flag(call.think)
     source = template.source if template is not None else ""
     # Exactly what /api/show reports as the "thinking" capability.
@@ -216,7 +237,7 @@ def _shape(
         if grammar:
             raise BadRequest("a required tool call and a format cannot be combined")
         grammar = tool_call_grammar(tools, tool_choice, syntax or ToolSyntax(None, None))
-    return _Shape(
+    return _ReplyPlan(
         thinking=tags if think is not False else None,
         tools=syntax,
         grammar=grammar,
@@ -266,19 +287,19 @@ def _budget(call: _Common) -> int:
     return THINK_BUDGETS.get(call.think, -1) if isinstance(call.think, str) else -1
 
 
-def _open_thinking(shape: _Shape, prompt: Prompt) -> tuple[Prompt, bool]:
+def _open_thinking(plan: _ReplyPlan, prompt: Prompt) -> tuple[Prompt, bool]:
     """Whether the reply starts inside a thinking block, and the prompt for it.
 
     When thinking was asked for and the template does not open the block itself, the
     prompt opens it (as DeepSeek-R1's template always does): then the runner knows where
     the answer starts, for a format's grammar and for a thinking budget.
     """
-    tags = shape.thinking
+    tags = plan.thinking
     if tags is None:
         return prompt, False
     if starts_in_thinking(prompt.text, tags):
         return prompt, True
-    if shape.think:
+    if plan.think:
         return replace(prompt, text=f"{prompt.text}{tags.open}\n"), True
     return prompt, False
 
@@ -290,10 +311,11 @@ async def start_chat(state: ServerState, call: ChatCall) -> Run:
     """Resolve, admit and start a chat completion (see the module docstring)."""
     check_format(call.format)
     spec, resolved = await state.model(call.model)
+    refuse_unsupported(spec, images=_has_images(call.messages))
     options = validate_options(dict(call.options))
     template = template_for(spec.model, resolved.template)
     tools = call.tools if call.tool_choice != "none" else None
-    shape = _shape(spec.name, template, call, tools, call.tool_choice)
+    plan = _reply_plan(spec.name, template, call, tools, call.tool_choice)
     started = time.perf_counter_ns()
     lease = await state.scheduler.acquire(spec, options, call.keep_alive)
     try:
@@ -306,7 +328,7 @@ async def start_chat(state: ServerState, call: ChatCall) -> Run:
         )
 
         def render(kept: list[Any]) -> Prompt:
-            return render_chat(template, kept, tools=tools, bos=bos, eos=eos, think=shape.think)
+            return render_chat(template, kept, tools=tools, bos=bos, eos=eos, think=plan.think)
 
         if call.truncate:
 
@@ -320,7 +342,7 @@ async def start_chat(state: ServerState, call: ChatCall) -> Run:
         raise
     tool_names = frozenset(_function(t)["name"] for t in tools or ())
     return await _start(
-        call, spec, lease, prompt, shape, started, tool_names, state.metrics, generate=False
+        call, spec, lease, prompt, plan, started, tool_names, state.metrics, generate=False
     )
 
 
@@ -330,9 +352,10 @@ async def start_generate(state: ServerState, call: GenerateCall) -> Run:
     if call.raw and (call.template or call.system or call.context):
         raise BadRequest("raw mode does not support template, system, or context")
     spec, resolved = await state.model(call.model)
+    refuse_unsupported(spec, images=bool(call.images))
     options = validate_options(dict(call.options))
     template = template_for(spec.model, call.template or resolved.template)
-    shape = _shape(spec.name, None if call.raw else template, call, None, "auto")
+    plan = _reply_plan(spec.name, None if call.raw else template, call, None, "auto")
     started = time.perf_counter_ns()
     lease = await state.scheduler.acquire(spec, options, call.keep_alive)
     try:
@@ -350,14 +373,14 @@ async def start_generate(state: ServerState, call: GenerateCall) -> Run:
             context=context,
             bos=bos,
             eos=eos,
-            think=shape.think,
+            think=plan.think,
             model=spec.name,
         )
     except BaseException:
         await lease.release()
         raise
     return await _start(
-        call, spec, lease, prompt, shape, started, frozenset(), state.metrics, generate=True
+        call, spec, lease, prompt, plan, started, frozenset(), state.metrics, generate=True
     )
 
 
@@ -366,50 +389,80 @@ async def _start(
     spec: ModelSpec,
     lease: Lease,
     prompt: Prompt,
-    shape: _Shape,
+    plan: _ReplyPlan,
     started: int,
     tool_names: frozenset[str],
     metrics: Metrics,
     *,
     generate: bool,
 ) -> Run:
-    prompt, in_thinking = _open_thinking(shape, prompt)
-    # Inside thinking, the grammar waits for its end; otherwise it holds from the start.
-    after = shape.thinking.close if in_thinking and shape.thinking else ""
+    prompt, in_thinking = _open_thinking(plan, prompt)
     try:
-        request = CompletionRequest(
-            prompt=prompt.text,
-            images=prompt.images,
-            options=SamplingOptions.from_json(lease.options),
-            logprobs=call.logprobs,
-            top_logprobs=call.top_logprobs,
-            shift=call.shift,
-            truncate=call.truncate,
-            grammar=shape.grammar,
-            think_end=after,
-            think_budget=_budget(call) if after else -1,
-        )
-        stream = lease.server.completion(request)
+        stream = lease.server.completion(_runner_request(call, lease, prompt, plan, in_thinking))
     except BaseException:
         await lease.release()
         raise
     parser = None
-    if shape.thinking is not None or shape.tools is not None:
+    if plan.thinking is not None or plan.tools is not None:
         parser = ReplyParser(
-            thinking=shape.thinking,
-            tools=shape.tools,
+            thinking=plan.thinking,
+            tools=plan.tools,
             in_thinking=in_thinking,
             tool_names=tool_names or None,
         )
-    raw = generate and isinstance(call, GenerateCall) and call.raw
+    # /api/generate (not raw) answers with the tokens of the prompt and the reply.
+    with_context = generate and isinstance(call, GenerateCall) and not call.raw
     meter = metrics.completion(spec.name, started)
+    relay = _Relay(lease, stream, parser, meter, started, prompt.text if with_context else None)
+    return Run(model=call.model, events=relay.events())
 
-    async def events() -> AsyncIterator[Event]:
+
+def _runner_request(
+    call: _Common, lease: Lease, prompt: Prompt, plan: _ReplyPlan, in_thinking: bool
+) -> CompletionRequest:
+    # Inside thinking, the grammar waits for its end; otherwise it holds from the start.
+    after = plan.thinking.close if in_thinking and plan.thinking else ""
+    return CompletionRequest(
+        prompt=prompt.text,
+        images=prompt.images,
+        options=SamplingOptions.from_json(lease.options),
+        logprobs=call.logprobs,
+        top_logprobs=call.top_logprobs,
+        shift=call.shift,
+        truncate=call.truncate,
+        grammar=plan.grammar,
+        think_end=after,
+        think_budget=_budget(call) if after else -1,
+    )
+
+
+class _Relay:
+    """The runner's stream as a run's events: parsed into thinking, content and tool calls
+    when the reply needs it, metered, and the slot given back when it ends."""
+
+    def __init__(
+        self,
+        lease: Lease,
+        stream: AsyncGenerator[CompletionChunk | CompletionDone, None],
+        parser: ReplyParser | None,
+        meter: CompletionMeter,
+        started: int,
+        context_prompt: str | None,
+    ) -> None:
+        self._lease = lease
+        self._stream = stream
+        self._parser = parser
+        self._meter = meter
+        self._started = started
+        self._context_prompt = context_prompt
+        self._calls = 0
+
+    async def events(self) -> AsyncIterator[Event]:
         text: list[str] = []
-        calls = 0
+        parser, meter = self._parser, self._meter
         answered = False  # the plain path's own flag: not even a call per token
         try:
-            async for item in stream:
+            async for item in self._stream:
                 if isinstance(item, CompletionChunk):
                     text.append(item.content)
                     if parser is None:  # the hot path: plain text, one delta per chunk
@@ -418,44 +471,49 @@ async def _start(
                             answered = True
                         yield Delta(content=item.content, logprobs=item.logprobs)
                         continue
-                    for delta in _deltas(parser.feed(item.content), calls):
-                        meter.first_token()
-                        calls += len(delta.tool_calls)
+                    for delta in self._parsed(parser.feed(item.content)):
                         yield delta
                     if item.logprobs:
                         yield Delta(logprobs=item.logprobs)
                     continue
                 if parser is not None:
-                    for delta in _deltas(parser.finish(), calls):
-                        meter.first_token()
-                        calls += len(delta.tool_calls)
+                    for delta in self._parsed(parser.finish()):
                         yield delta
-                meter.finish(item.prompt_eval_count, item.eval_count, item.eval_duration)
-                context = None
-                if generate and not raw:
-                    context = tuple(await lease.server.tokenize(prompt.text + "".join(text)))
-                yield Finish(
-                    done_reason=item.done_reason,
-                    tool_calls=calls,
-                    prompt_eval_count=item.prompt_eval_count,
-                    prompt_eval_duration=item.prompt_eval_duration,
-                    eval_count=item.eval_count,
-                    eval_duration=item.eval_duration,
-                    load_duration=lease.load_duration,
-                    total_duration=time.perf_counter_ns() - started,
-                    prompt_cached=item.prompt_cached,
-                    context=context,
-                )
+                yield await self._finish(item, text)
         finally:
             # A client that went away closes us: close the runner's stream now (the
             # runner stops generating when its connection drops), not whenever the
             # generator is collected, and only then give the slot back.
             try:
-                await stream.aclose()
+                await self._stream.aclose()
             finally:
-                await lease.release()
+                await self._lease.release()
 
-    return Run(model=call.model, events=events())
+    def _parsed(self, parsed: Sequence[Content | Thinking | ToolCalls]) -> list[Delta]:
+        deltas = _deltas(parsed, self._calls)
+        for delta in deltas:
+            self._meter.first_token()
+            self._calls += len(delta.tool_calls)
+        return deltas
+
+    async def _finish(self, done: CompletionDone, text: list[str]) -> Finish:
+        self._meter.finish(done.prompt_eval_count, done.eval_count, done.eval_duration)
+        context = None
+        if self._context_prompt is not None:
+            reply = self._context_prompt + "".join(text)
+            context = tuple(await self._lease.server.tokenize(reply))
+        return Finish(
+            done_reason=done.done_reason,
+            tool_calls=self._calls,
+            prompt_eval_count=done.prompt_eval_count,
+            prompt_eval_duration=done.prompt_eval_duration,
+            eval_count=done.eval_count,
+            eval_duration=done.eval_duration,
+            load_duration=self._lease.load_duration,
+            total_duration=time.perf_counter_ns() - self._started,
+            prompt_cached=done.prompt_cached,
+            context=context,
+        )
 
 
 def _deltas(parsed: Sequence[Content | Thinking | ToolCalls], calls: int) -> list[Delta]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pollama.errors import (
@@ -59,12 +60,28 @@ def status_of(exc: BaseException) -> int:
 
 
 def message_of(exc: BaseException) -> str:
-    """What the client is told. Unexpected exceptions do not leak internals."""
-    if isinstance(exc, PollamaError | ValueError):
+    """What the client is told. Only our own errors are written for the client; anything
+    else is a bug of ours, logged with its traceback, and never leaks internals."""
+    if isinstance(exc, PollamaError):
         return str(exc) or type(exc).__name__
     if isinstance(exc, asyncio.CancelledError):
         return "request canceled"
     return "internal error"
+
+
+@dataclass(frozen=True)
+class ApiError:
+    """An error as every API reports it; each API writes it in its own shape."""
+
+    status: int
+    message: str
+    code: str | None = None
+    """A machine-readable code where an API has one (OpenAI's ``model_not_found``)."""
+
+
+def api_error(exc: BaseException) -> ApiError:
+    code = "model_not_found" if isinstance(exc, ModelNotFound) else None
+    return ApiError(status_of(exc), message_of(exc), code)
 
 
 # -- each API's own error shape ------------------------------------------------------------
@@ -90,24 +107,27 @@ _ANTHROPIC_TYPES = {
 }
 
 
-def ollama_body(status: int, message: str) -> dict[str, Any]:
-    return {"error": message}
+def ollama_body(error: ApiError) -> dict[str, Any]:
+    return {"error": error.message}
 
 
-def openai_body(status: int, message: str) -> dict[str, Any]:
+def openai_body(error: ApiError) -> dict[str, Any]:
     """OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    kind = _OPENAI_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    code = "model_not_found" if status == 404 and "model" in message else None
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    default = "api_error" if error.status >= 500 else "invalid_request_error"
+    kind = _OPENAI_TYPES.get(error.status, default)
+    return {"error": {"message": error.message, "type": kind, "param": None, "code": error.code}}
 
 
-def anthropic_body(status: int, message: str) -> dict[str, Any]:
+def anthropic_body(error: ApiError) -> dict[str, Any]:
     """Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``."""
-    kind = _ANTHROPIC_TYPES.get(status, "api_error")
-    return {"type": "error", "error": {"type": kind, "message": message}}
+    kind = _ANTHROPIC_TYPES.get(error.status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": error.message}}
 
 
-def error_body_for(path: str) -> Callable[[int, str], dict[str, Any]]:
+ErrorShape = Callable[[ApiError], dict[str, Any]]
+
+
+def error_body_for(path: str) -> ErrorShape:
     """The error shape of the API a request path belongs to."""
     if path.startswith("/v1/messages"):
         return anthropic_body
@@ -116,6 +136,6 @@ def error_body_for(path: str) -> Callable[[int, str], dict[str, Any]]:
     return ollama_body
 
 
-def error_record(exc: BaseException, shape: Callable[[int, str], dict[str, Any]]) -> dict[str, Any]:
+def error_record(exc: BaseException, shape: ErrorShape) -> dict[str, Any]:
     """A mid-stream failure as one record in the API's own shape."""
-    return shape(status_of(exc), message_of(exc))
+    return shape(api_error(exc))

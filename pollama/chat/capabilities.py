@@ -4,7 +4,8 @@
     embedding    it is an embedding model: it says how to pool, or is a BERT-style encoder
     tools        its template reads ``tools``
     insert       its template reads ``suffix`` (fill-in-the-middle)
-    vision       it has a projector, or its GGUF carries a vision encoder
+    vision       it has a projector, or its GGUF carries a vision encoder, and the runner
+                 can read images (not yet: never reported until it can)
     thinking     its template reads a thinking flag or a message's reasoning, or writes
                  thinking tags (``<think>``)
 
@@ -64,8 +65,17 @@ def template_thinks(template: ChatTemplate) -> bool:
     )
 
 
+IMAGES_WORK = False
+"""Whether the runner reads images. Until it does, no model claims ``vision``: a client
+must not be told a model sees what pollama would drop (images are refused with a 400)."""
+
+
 def capabilities(
-    metadata: Mapping[str, Any], template: ChatTemplate | None, *, has_projector: bool = False
+    metadata: Mapping[str, Any],
+    template: ChatTemplate | None,
+    *,
+    has_projector: bool = False,
+    images_work: bool = IMAGES_WORK,
 ) -> list[str]:
     """The capabilities of a model with this GGUF ``metadata``, chat ``template`` (None when
     it has none) and, if ``has_projector``, a projector layer; in Ollama's order."""
@@ -75,7 +85,7 @@ def capabilities(
             found.append(TOOLS)
         if template.supports_insert:
             found.append(INSERT)
-    if has_projector or has_vision_encoder(metadata):
+    if images_work and (has_projector or has_vision_encoder(metadata)):
         found.append(VISION)
     if template is not None and template_thinks(template):
         found.append(THINKING)

@@ -17,12 +17,8 @@ from pollama.cli.chat import load_model, stream_reply, verbose_stats
 from pollama.cli.client import Client, ClientError
 from pollama.cli.common import is_terminal
 from pollama.cli.describe import summary
-from pollama.options.parameters import (
-    OPTIONS,
-    InvalidOption,
-    OptionType,
-    parse_parameter,
-)
+from pollama.errors import InvalidOption
+from pollama.options.parameters import OPTIONS, OptionType, parse_parameter
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -254,7 +250,8 @@ class Repl:
             return
         name, values = args[0].lower(), args[1:]
         try:
-            if OPTIONS.get(name) is OptionType.STRING_LIST:
+            option = OPTIONS.get(name)
+            if option is not None and option.type is OptionType.STRING_LIST:
                 value: Any = [parse_parameter(name, item) for item in values]
             else:
                 value = parse_parameter(name, " ".join(values))

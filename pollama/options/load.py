@@ -26,6 +26,7 @@ from enum import StrEnum
 from pollama.devices.types import DeviceInfo, SystemInfo
 from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.ggufmeta import GGUFModel
+from pollama.options.parameters import default
 
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 QUANTIZED_KV_CACHE_TYPES = ("q8_0", "q4_0")
@@ -42,11 +43,12 @@ class LoadOptions:
     """What was asked for, before any decision: Ollama's load-time options + environment."""
 
     num_ctx: int = 4096
-    num_batch: int = 512
-    num_gpu: int = -1
-    main_gpu: int = 0
-    use_mmap: bool | None = None
-    num_thread: int = 0
+    """The request's, a Modelfile's, or OLLAMA_CONTEXT_LENGTH (the table has no default)."""
+    num_batch: int = default("num_batch")
+    num_gpu: int = default("num_gpu")
+    main_gpu: int = default("main_gpu")
+    use_mmap: bool | None = default("use_mmap")
+    num_thread: int = default("num_thread")
     parallel: int = 1
     flash_attention: bool | None = None
     """OLLAMA_FLASH_ATTENTION: None = auto."""

@@ -16,15 +16,14 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
+from pollama.errors import InvalidOption
+
 log = logging.getLogger(__name__)
-
-
-class InvalidOption(ValueError):
-    """An option or PARAMETER whose key is unknown or whose value has the wrong type."""
 
 
 class OptionType(Enum):
@@ -37,66 +36,85 @@ class OptionType(Enum):
 ParameterValue = int | float | bool | str
 """One PARAMETER line's value; a ``stop`` line gives one string of the list."""
 
-OPTIONS: Mapping[str, OptionType] = MappingProxyType(
+
+class OptionKind(Enum):
+    LOAD = "load"
+    """Fixed when a model is loaded: a request that changes one reloads the model."""
+    SAMPLING = "sampling"
+    """Per request: how the runner samples and when it stops."""
+    IGNORED = "ignored"
+    """Older Ollama releases accepted it; Modelfiles written then still carry it
+    (``PARAMETER mirostat 0``), so it parses and validates but changes nothing."""
+
+
+@dataclass(frozen=True)
+class Option:
+    type: OptionType
+    kind: OptionKind
+    default: Any = None
+    """Ollama's default; None where the server decides (num_ctx from
+    OLLAMA_CONTEXT_LENGTH, use_mmap by the memory plan) or it is ignored."""
+
+
+def _load(kind: OptionType, default: Any) -> Option:
+    return Option(kind, OptionKind.LOAD, default)
+
+
+def _sampling(kind: OptionType, default: Any) -> Option:
+    return Option(kind, OptionKind.SAMPLING, default)
+
+
+_IGNORED = {
+    "tfs_z": OptionType.FLOAT,
+    "mirostat": OptionType.INT,
+    "mirostat_tau": OptionType.FLOAT,
+    "mirostat_eta": OptionType.FLOAT,
+    "penalize_newline": OptionType.BOOL,
+    "numa": OptionType.BOOL,
+    "low_vram": OptionType.BOOL,
+    "f16_kv": OptionType.BOOL,
+    "logits_all": OptionType.BOOL,
+    "vocab_only": OptionType.BOOL,
+    "use_mlock": OptionType.BOOL,
+}
+
+OPTIONS: Mapping[str, Option] = MappingProxyType(
     {
-        # Load-time: changing one means reloading the model.
-        "num_ctx": OptionType.INT,
-        "num_batch": OptionType.INT,
-        "num_gpu": OptionType.INT,
-        "main_gpu": OptionType.INT,
-        "use_mmap": OptionType.BOOL,
-        "num_thread": OptionType.INT,
-        # Per request.
-        "num_keep": OptionType.INT,
-        "seed": OptionType.INT,
-        "num_predict": OptionType.INT,
-        "top_k": OptionType.INT,
-        "top_p": OptionType.FLOAT,
-        "min_p": OptionType.FLOAT,
-        "typical_p": OptionType.FLOAT,
-        "repeat_last_n": OptionType.INT,
-        "temperature": OptionType.FLOAT,
-        "repeat_penalty": OptionType.FLOAT,
-        "presence_penalty": OptionType.FLOAT,
-        "frequency_penalty": OptionType.FLOAT,
-        "stop": OptionType.STRING_LIST,
-        # Older Ollama releases accepted these; Modelfiles written then still carry them
-        # (``PARAMETER mirostat 0``), so they parse and validate but change nothing.
-        "tfs_z": OptionType.FLOAT,
-        "mirostat": OptionType.INT,
-        "mirostat_tau": OptionType.FLOAT,
-        "mirostat_eta": OptionType.FLOAT,
-        "penalize_newline": OptionType.BOOL,
-        "numa": OptionType.BOOL,
-        "low_vram": OptionType.BOOL,
-        "f16_kv": OptionType.BOOL,
-        "logits_all": OptionType.BOOL,
-        "vocab_only": OptionType.BOOL,
-        "use_mlock": OptionType.BOOL,
+        "num_ctx": _load(OptionType.INT, None),
+        "num_batch": _load(OptionType.INT, 512),
+        "num_gpu": _load(OptionType.INT, -1),
+        "main_gpu": _load(OptionType.INT, 0),
+        "use_mmap": _load(OptionType.BOOL, None),
+        "num_thread": _load(OptionType.INT, 0),
+        "num_keep": _sampling(OptionType.INT, 4),
+        "seed": _sampling(OptionType.INT, -1),
+        "num_predict": _sampling(OptionType.INT, -1),
+        "top_k": _sampling(OptionType.INT, 40),
+        "top_p": _sampling(OptionType.FLOAT, 0.9),
+        "min_p": _sampling(OptionType.FLOAT, 0.0),
+        "typical_p": _sampling(OptionType.FLOAT, 1.0),
+        "repeat_last_n": _sampling(OptionType.INT, 64),
+        "temperature": _sampling(OptionType.FLOAT, 0.8),
+        "repeat_penalty": _sampling(OptionType.FLOAT, 1.0),
+        "presence_penalty": _sampling(OptionType.FLOAT, 0.0),
+        "frequency_penalty": _sampling(OptionType.FLOAT, 0.0),
+        "stop": _sampling(OptionType.STRING_LIST, ()),
+        **{name: Option(kind, OptionKind.IGNORED) for name, kind in _IGNORED.items()},
     }
 )
+"""Every option Ollama knows: its JSON type (and so its error text), whether it is fixed
+at load time, used per request or ignored, and its default. It drives Modelfile
+PARAMETER parsing, request validation, the load options and the sampling options."""
 
-LOAD_TIME_OPTIONS = frozenset(
-    {"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"}
-)
-"""Options fixed when a model is loaded; a request that changes one needs a reload."""
 
-IGNORED_OPTIONS = frozenset(
-    {
-        "tfs_z",
-        "mirostat",
-        "mirostat_tau",
-        "mirostat_eta",
-        "penalize_newline",
-        "numa",
-        "low_vram",
-        "f16_kv",
-        "logits_all",
-        "vocab_only",
-        "use_mlock",
-    }
-)
-"""Accepted for compatibility with old Modelfiles and clients; they have no effect."""
+def names(kind: OptionKind) -> tuple[str, ...]:
+    """The options of one kind, in the table's order."""
+    return tuple(name for name, option in OPTIONS.items() if option.kind is kind)
+
+
+def default(name: str) -> Any:
+    return OPTIONS[name].default
+
 
 # Go's strconv.ParseInt / ParseBool, which Ollama uses for PARAMETER values: Python's
 # int() would also take "1_000" and " 5 ", float() "1_0"; those are refused here.
@@ -111,9 +129,10 @@ def parse_parameter(key: str, value: str) -> ParameterValue:
 
     For ``stop`` (a list) this is one string; ``collect_parameters`` accumulates them.
     """
-    kind = OPTIONS.get(key)
-    if kind is None:
+    option = OPTIONS.get(key)
+    if option is None:
         raise InvalidOption(f"unknown parameter '{key}'")
+    kind = option.type
     if kind is OptionType.STRING_LIST:
         return value
     if kind is OptionType.INT:
@@ -136,7 +155,8 @@ def collect_parameters(pairs: Iterable[tuple[str, ParameterValue]]) -> dict[str,
     list options (``stop``) accumulate in order."""
     out: dict[str, Any] = {}
     for key, value in pairs:
-        if OPTIONS.get(key) is OptionType.STRING_LIST:
+        option = OPTIONS.get(key)
+        if option is not None and option.type is OptionType.STRING_LIST:
             out.setdefault(key, []).append(value)
         else:
             out[key] = value
@@ -151,13 +171,13 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for key, value in options.items():
-        kind = OPTIONS.get(key)
-        if kind is None:
+        option = OPTIONS.get(key)
+        if option is None:
             log.warning("ignoring unknown option %r", key)
             continue
         if value is None:
             continue
-        out[key] = _typed(key, kind, value)
+        out[key] = _typed(key, option.type, value)
     return out
 
 

@@ -32,6 +32,7 @@ from pollama.devices.types import DeviceID
 from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.memory.layout import GPULayers, Layout
 from pollama.memory.types import BackendMemory, DeviceMemory
+from pollama.options.parameters import default
 
 
 class ProtocolError(ValueError):
@@ -157,21 +158,22 @@ class LoadResponse:
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Ollama's sampling options with Ollama's defaults."""
+    """Ollama's sampling options (``OptionKind.SAMPLING`` in the options table), with its
+    defaults."""
 
-    num_predict: int = -1
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.9
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int = -1
-    stop: tuple[str, ...] = ()
-    num_keep: int = 4
+    num_predict: int = default("num_predict")
+    temperature: float = default("temperature")
+    top_k: int = default("top_k")
+    top_p: float = default("top_p")
+    min_p: float = default("min_p")
+    typical_p: float = default("typical_p")
+    repeat_penalty: float = default("repeat_penalty")
+    repeat_last_n: int = default("repeat_last_n")
+    presence_penalty: float = default("presence_penalty")
+    frequency_penalty: float = default("frequency_penalty")
+    seed: int = default("seed")
+    stop: tuple[str, ...] = default("stop")
+    num_keep: int = default("num_keep")
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)

@@ -24,9 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pollama.errors import InvalidModelfile
+from pollama.errors import InvalidModelfile, InvalidOption
 from pollama.options.parameters import (
-    InvalidOption,
     ParameterValue,
     collect_parameters,
     parse_parameter,

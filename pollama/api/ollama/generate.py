@@ -149,10 +149,8 @@ async def parse_body(request: Request, kind: type[B]) -> B:
 
 
 def keep_alive_of(value: object) -> float | None:
-    try:
-        return parse_keep_alive(value)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
+    """The request's ``keep_alive`` (InvalidKeepAlive, a 400, when it is neither)."""
+    return parse_keep_alive(value)
 
 
 def _common(body: GenerateRequest | ChatRequest, keep_alive: float | None) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from pollama.chat.capabilities import capabilities
 from pollama.chat.template import ChatTemplate, template_for
 from pollama.errors import BadRequest, InvalidModelFile, ModelNotFound, PollamaError
 from pollama.ggufmeta import GGUFModel, TruncatedArray, read_model
-from pollama.options.parameters import OPTIONS, InvalidOption, validate_options
+from pollama.options.parameters import OPTIONS, validate_options
 from pollama.store import registry
 from pollama.store.disk import Store
 from pollama.store.manifest import parse_digest
@@ -264,10 +264,7 @@ def _create_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
             raise BadRequest(f"unknown parameter '{key}'")
         if key == "stop" and isinstance(value, str):
             value = [value]
-        try:
-            out.update(validate_options({key: value}))
-        except InvalidOption as exc:
-            raise BadRequest(str(exc)) from None
+        out.update(validate_options({key: value}))  # InvalidOption is a 400
     return out
 
 
