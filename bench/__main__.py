@@ -1,8 +1,7 @@
 """``python -m bench <benchmark> [options]``: the benchmarks by name.
 
-python -m bench compare   # pollama vs llama-server vs llama-cpp-python, end to end
-python -m bench http      # /api/generate vs the raw engine (also: python -m bench.http)
-python -m bench runner    # LlamaServer vs the raw engine (also: python -m bench.runner)
+python -m bench compare    # pollama vs llama-server vs llama-cpp-python vs the raw engine
+python -m bench cpu_path   # llama.cpp's extra CPU buffer types on vs off (bench.cpu_path)
 """
 
 from __future__ import annotations
@@ -12,8 +11,7 @@ import sys
 
 COMMANDS = {
     "compare": "bench.compare.cli",
-    "http": "bench.http",
-    "runner": "bench.runner",
+    "cpu_path": "bench.cpu_path",
 }
 
 
@@ -26,7 +24,7 @@ def main(argv: list[str]) -> None:
     if name == "compare":
         module.main(rest)
     else:
-        # The older benchmarks read sys.argv themselves.
+        # The others read sys.argv themselves.
         sys.argv = [f"python -m bench {name}", *rest]
         module.main()
 

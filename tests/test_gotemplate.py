@@ -4,7 +4,6 @@ and constructs we do not implement are refused by name."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -316,8 +315,7 @@ def test_render_errors_are_invalid_templates(source: str, problem: str) -> None:
         go(source, L=[1], S="text", Prompt="p", N=3)
 
 
-def test_endless_range_is_stopped_quickly() -> None:
-    started = time.monotonic()
+def test_endless_range_is_stopped_by_the_step_budget() -> None:
+    # The message names the step budget: the loop was cut short by it, not run out.
     with pytest.raises(InvalidTemplate, match="steps"):
         go("{{ range $i := 1000000000 }}{{ range $j := 1000000000 }}{{ end }}{{ end }}")
-    assert time.monotonic() - started < 5

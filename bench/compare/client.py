@@ -1,6 +1,6 @@
 """A lean OpenAI-API client on ``http.client``: streamed chat completions and JSON posts.
 
-``http.client`` rather than httpx, as in ``bench.http``: on two cores every
+``http.client`` rather than httpx: on two cores every
 microsecond the measuring client spends per token is taken from the server
 under test, and ``http.client`` spends about half of what httpx does.
 """

@@ -42,7 +42,6 @@ import logging
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
@@ -51,12 +50,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pollama.memory.estimate import estimate_memory
-from pollama.memory.layout import GPULayers, Layout, place
-from pollama.memory.types import BackendMemory, DeviceMemory
+from pollama.memory.placement import estimate_for_layout
+from pollama.memory.types import BackendMemory
 
 if TYPE_CHECKING:
-    from pollama.api.state import ServerState
     from pollama.scheduler.loaded import Runner
     from pollama.scheduler.scheduler import Scheduler
 
@@ -264,22 +261,9 @@ def memory_by_device(memory: BackendMemory) -> Iterator[tuple[str, int]]:
             yield (str(gpu.device) if gpu.device is not None else gpu.name), gpu.size
 
 
-def estimate_for_layout(runner: Runner, measured: BackendMemory) -> BackendMemory:
-    """The server's estimate of ``runner``'s model placed as the runner placed it: each
-    GPU holding the layers it holds in ``measured``. (The layout the load started from
-    may differ; this one compares like with like.)"""
-    estimate = estimate_memory(runner.spec.model, runner.config)
-    n = estimate.n_layers
-    gpus = tuple(DeviceMemory.empty(g.name, g.device, n) for g in measured.gpus)
-    layout = Layout(
-        tuple(GPULayers(g.device, g.layers()) for g in measured.gpus if g.device is not None)
-    )
-    return place(replace(estimate, gpus=gpus), layout)
-
-
 def _estimate(runner: Runner, measured: BackendMemory) -> BackendMemory | None:
     try:
-        return estimate_for_layout(runner, measured)
+        return estimate_for_layout(runner.spec.model, runner.config, measured)
     except Exception:  # a scrape must not fail over one model's figures
         log.warning("no memory estimate for model=%s", runner.name, exc_info=True)
         return None
@@ -331,5 +315,5 @@ router = APIRouter()
 async def metrics(request: Request) -> Response:
     # Rendered on the event loop: the collectors read the scheduler's state, which
     # only the loop may touch.
-    state: ServerState = request.app.state.pollama
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+    registry: Metrics = request.app.state.pollama.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE)

@@ -15,7 +15,7 @@ from pollama.demo import resolve_model_path
 from pollama.devices.types import DeviceInfo, SystemInfo
 from pollama.engine.cpu_path import CpuPath
 from pollama.errors import PollamaError
-from pollama.ggufmeta import read_model
+from pollama.ggufmeta import GGUFModel, read_model
 from pollama.memory.layout import LayoutPolicy, format_layers
 from pollama.memory.placement import Placement, plan_placement
 from pollama.memory.types import DeviceMemory
@@ -66,10 +66,7 @@ def fit(
     try:
         gguf = read_model(resolve_model_path(model))
         gpus = devices.parse_gpu_specs(gpu) if gpu else devices.discover_gpus(settings)
-        system = devices.system_info()
-        if ram is not None:
-            free = parse_size(ram)
-            system = SystemInfo(max(free, system.total_memory), free, 0, system.thread_count)
+        system = _system(ram)
         fa = settings.flash_attention if flash_attention is None else _switch(flash_attention)
         asked = LoadOptions(
             num_ctx=num_ctx or settings.context_length,
@@ -80,17 +77,7 @@ def fit(
             kv_cache_type=kv_cache_type if kv_cache_type is not None else settings.kv_cache_type,
             use_mmap=use_mmap,
         )
-        # The CPU path the server's runners would take: it decides whether llama.cpp keeps
-        # repacked copies of the CPU's weights.
-        extra = CpuPath.for_settings(settings).decide().extra
-        config = resolve_load_options(gguf, asked, system, gpus, extra)
-        policy = LayoutPolicy(
-            num_gpu=num_gpu,
-            require_full=require_full,
-            spread=settings.sched_spread,
-            gpu_overhead=settings.gpu_overhead,
-        )
-        placement = plan_placement(gguf, config, system, gpus, policy)
+        placement = _place(gguf, asked, system, gpus, settings, require_full=require_full)
     except (PollamaError, ValueError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -102,6 +89,37 @@ def fit(
         typer.echo(json.dumps(report, indent=2))
     else:
         _print_table(model, report, placement)
+
+
+def _system(ram: str | None) -> SystemInfo:
+    """This machine's memory, or ``--ram`` as its free memory."""
+    system = devices.system_info()
+    if ram is None:
+        return system
+    free = parse_size(ram)
+    return SystemInfo(max(free, system.total_memory), free, 0, system.thread_count)
+
+
+def _place(
+    gguf: GGUFModel,
+    asked: LoadOptions,
+    system: SystemInfo,
+    gpus: list[DeviceInfo],
+    settings: Settings,
+    *,
+    require_full: bool,
+) -> Placement:
+    # The CPU path the server's runners would take: it decides whether llama.cpp keeps
+    # repacked copies of the CPU's weights.
+    extra = CpuPath.for_settings(settings).decide().extra
+    config = resolve_load_options(gguf, asked, system, gpus, extra)
+    policy = LayoutPolicy(
+        num_gpu=asked.num_gpu,
+        require_full=require_full,
+        spread=settings.sched_spread,
+        gpu_overhead=settings.gpu_overhead,
+    )
+    return plan_placement(gguf, config, system, gpus, policy)
 
 
 def _switch(value: Switch) -> bool | None:

@@ -10,13 +10,13 @@ functions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pollama.devices.types import DeviceInfo, SystemInfo
 from pollama.ggufmeta import GGUFModel
 from pollama.memory.estimate import estimate_memory
-from pollama.memory.layout import Layout, LayoutPolicy, create_layout, place
-from pollama.memory.types import BackendMemory
+from pollama.memory.layout import GPULayers, Layout, LayoutPolicy, create_layout, place
+from pollama.memory.types import BackendMemory, DeviceMemory
 from pollama.options.load import LoadConfig
 
 
@@ -45,3 +45,18 @@ def plan_placement(
         for device in layout.devices():
             memory = memory.with_gpu_graph(device, memory.graph_estimate)
     return Placement(layout=layout, memory=place(memory, layout), config=config)
+
+
+def estimate_for_layout(
+    model: GGUFModel, config: LoadConfig, measured: BackendMemory
+) -> BackendMemory:
+    """The estimate of ``model`` placed as a runner placed it: each GPU holding the layers
+    it holds in ``measured``. (The layout the load started from may differ; this one
+    compares like with like, for the metrics' estimated-vs-measured figures.)"""
+    estimate = estimate_memory(model, config)
+    n = estimate.n_layers
+    gpus = tuple(DeviceMemory.empty(g.name, g.device, n) for g in measured.gpus)
+    layout = Layout(
+        tuple(GPULayers(g.device, g.layers()) for g in measured.gpus if g.device is not None)
+    )
+    return place(replace(estimate, gpus=gpus), layout)

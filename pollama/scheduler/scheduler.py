@@ -417,22 +417,7 @@ class Scheduler:
             if crash is not None and extra == crash[1]:
                 raise crash[0]  # the same path would only crash again
             config = resolve_load_options(spec.model, asked, system, gpus, extra)
-            for warning in config.warnings:
-                log.warning("%s model=%s", warning, spec.name)
-            policy = LayoutPolicy(
-                num_gpu=config.num_gpu,
-                require_full=bool(self._runners) and not partial,
-                spread=self._settings.sched_spread,
-                gpu_overhead=self._settings.gpu_overhead,
-            )
-            log.info(
-                "loading model=%s num_ctx=%d parallel=%d require_full=%s loaded=%d",
-                spec.name,
-                config.num_ctx,
-                config.parallel,
-                policy.require_full,
-                len(self._runners),
-            )
+            policy = self._policy(spec, config, partial)
             started = self._clock()
             try:
                 server = await self._start_server(spec, config, system, gpus, policy)
@@ -470,6 +455,26 @@ class Scheduler:
             if self.on_load is not None:
                 self.on_load(spec.name, seconds)
             return Runner(spec, server, asked, config, keep_alive, last_used=self._clock())
+
+    def _policy(self, spec: ModelSpec, config: LoadConfig, partial: bool) -> LayoutPolicy:
+        """How this load may be laid out; logs what is being loaded and any warnings."""
+        for warning in config.warnings:
+            log.warning("%s model=%s", warning, spec.name)
+        policy = LayoutPolicy(
+            num_gpu=config.num_gpu,
+            require_full=bool(self._runners) and not partial,
+            spread=self._settings.sched_spread,
+            gpu_overhead=self._settings.gpu_overhead,
+        )
+        log.info(
+            "loading model=%s num_ctx=%d parallel=%d require_full=%s loaded=%d",
+            spec.name,
+            config.num_ctx,
+            config.parallel,
+            policy.require_full,
+            len(self._runners),
+        )
+        return policy
 
     async def _start_server(
         self,

@@ -64,20 +64,12 @@ def plan_layers(
     """
     if (model_blob is None) == (base is None):
         raise InvalidModelfile("a model is created from either a GGUF file or an existing model")
-    created: set[str] = set()
-
-    def small(media_type: str, data: bytes) -> Layer:
-        if not blobs.has_blob(digest_of(data)):
-            created.add(digest_of(data))
-        return Layer(media_type, blobs.write_blob_bytes(data), len(data))
-
-    layers: list[Layer]
-    config: Mapping[str, Any]
+    small = _SmallLayers(blobs)
     if model_blob is not None:
         report("parsing GGUF")
         model_layer, gguf = _gguf_layer(blobs, MODEL, model_blob)
         layers = [model_layer]
-        config = gguf_config(
+        config: Mapping[str, Any] = gguf_config(
             family=gguf.architecture,
             parameter_size=gguf.parameter_size,
             file_type=gguf.file_type,
@@ -90,29 +82,43 @@ def plan_layers(
         layers = _without(layers, PROJECTOR) + [_gguf_layer(blobs, PROJECTOR, projector_blob)[0]]
     if adapters:
         layers = _without(layers, ADAPTER) + [_gguf_layer(blobs, ADAPTER, a)[0] for a in adapters]
-
     for media_type, text in ((TEMPLATE, template), (SYSTEM, system)):
         if text is not None:
-            layers = _without(layers, media_type)
-            if text:
-                layers.append(small(media_type, text.encode()))
+            layers = _without(layers, media_type) + small.of_texts(media_type, [text])
     if parameters is not None:
         # New values win; keys only the base model sets are kept (as Ollama merges).
         merged = {**base_params, **parameters}
-        layers = _without(layers, PARAMS)
-        if merged:
-            layers.append(small(PARAMS, _json_bytes(merged, sort_keys=True)))
+        data = [_json_bytes(merged, sort_keys=True)] if merged else []
+        layers = _without(layers, PARAMS) + small.of_bytes(PARAMS, data)
     if messages is not None:
-        layers = _without(layers, MESSAGES)
-        if messages:
-            layers.append(small(MESSAGES, _json_bytes(_checked_messages(messages))))
+        data = [_json_bytes(_checked_messages(messages))] if messages else []
+        layers = _without(layers, MESSAGES) + small.of_bytes(MESSAGES, data)
     if license is not None:
-        layers = _without(layers, LICENSE)
         texts = [license] if isinstance(license, str) else list(license)
-        layers.extend(small(LICENSE, text.encode()) for text in texts if text)
-
+        layers = _without(layers, LICENSE) + small.of_texts(LICENSE, texts)
     ordered = sort_layers(layers)
-    return LayerPlan(ordered, with_layers(config, ordered), frozenset(created))
+    return LayerPlan(ordered, with_layers(config, ordered), frozenset(small.created))
+
+
+class _SmallLayers:
+    """Layers whose content is given (template, system, params, …), written as blobs;
+    remembers which blobs it wrote that were not there before."""
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self._blobs = blobs
+        self.created: set[str] = set()
+
+    def of_bytes(self, media_type: str, contents: Sequence[bytes]) -> list[Layer]:
+        layers = []
+        for data in contents:
+            if not self._blobs.has_blob(digest_of(data)):
+                self.created.add(digest_of(data))
+            layers.append(Layer(media_type, self._blobs.write_blob_bytes(data), len(data)))
+        return layers
+
+    def of_texts(self, media_type: str, texts: Sequence[str]) -> list[Layer]:
+        """One layer per non-empty text (an empty one only removes the old layer)."""
+        return self.of_bytes(media_type, [text.encode() for text in texts if text])
 
 
 def _gguf_layer(blobs: BlobStore, media_type: str, digest: str) -> tuple[Layer, GGUFModel]:
