@@ -42,3 +42,15 @@ def q4_0_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
     )
     return path
+
+
+# Fixtures that start a real runner with the demo model (directly or through a server).
+REAL_MODEL_FIXTURES = frozenset({"server", "second", "shared", "solo", "loop", "own_session"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``llama`` marks exactly the tests that use the real model: those whose fixtures
+    start it (tests that start one in their body carry the mark themselves)."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.llama)

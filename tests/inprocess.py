@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from pollama.api.app import create_app
@@ -129,6 +130,10 @@ class InProcess:
         runner = ScriptedRunner(spec, config, self.script)
         self.runners.append(runner)
         return runner
+
+    def post(self, path: str, body: Any) -> httpx.Response:
+        """A JSON POST, as ``serving.Server.post`` makes it (so tests read the same)."""
+        return self.client.post(path, json=body)
 
     def __enter__(self) -> TestClient:
         return self.client.__enter__()

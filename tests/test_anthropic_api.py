@@ -20,8 +20,6 @@ from pollama.api.completion import CallOut, Delta, Event, Finish, Run
 from pollama.api.events import event_stream
 from pollama.errors import RunnerDied
 
-pytestmark = pytest.mark.llama
-
 # The client no longer takes sampling parameters; older clients sent them in the body.
 GREEDY: dict[str, Any] = {"max_tokens": 24, "extra_body": {"temperature": 0, "top_k": 1}}
 SAMPLING = GREEDY["extra_body"]

@@ -1,4 +1,6 @@
-"""``pollama fit`` end to end: the installed command on the demo model."""
+"""``pollama fit`` end to end on the demo model: the command's own entry point, run in
+this process through typer's test runner (no interpreter start per case); one case runs
+the installed command, as users do."""
 
 from __future__ import annotations
 
@@ -7,19 +9,38 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from pollama.cli import app
 from pollama.demo import demo_model_path
 from pollama.ggufmeta import read_model
 
 N_LAYERS = 31  # SmolLM2: 30 blocks + the output layer
 
 
-def pollama(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def pollama(*args: str, env: dict[str, str] | None = None) -> Ran:
+    """``pollama ARGS`` in this process; an exception of ours fails the test, not hides."""
+    environ: dict[str, str | None] = {"POLLAMA_GPUS": None, **(env or {})}
+    result = CliRunner().invoke(app, list(args), env=environ)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Ran(result.exit_code, result.stdout, result.stderr)
+
+
+def installed(*args: str) -> subprocess.CompletedProcess[str]:
+    """``pollama ARGS`` as users run it: the installed entry point, a process of its own."""
     environ = {k: v for k, v in os.environ.items() if k != "POLLAMA_GPUS"}
-    environ.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "pollama", *args],
         capture_output=True,
@@ -124,7 +145,7 @@ def test_table_output():
     ],
 )
 def test_cannot_load_exits_1_with_one_line(args: list[str], reason: str):
-    result = pollama("fit", *args)
+    result = installed("fit", *args)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and reason in lines[0], result.stderr

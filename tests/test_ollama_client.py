@@ -102,6 +102,9 @@ def test_legacy_embeddings_are_not_normalized(client: ollama.Client):
 
 
 def test_embed_too_long_without_truncation_is_400(client: ollama.Client):
+    # Unload first: a runner loaded with a larger num_ctx serves this request too (as in
+    # Ollama) and would truncate to its own context, embedding thousands of tokens.
+    client.generate("smollm2", "", keep_alive=0)
     long = "word " * 5000
     with pytest.raises(ollama.ResponseError) as error:
         client.embed("smollm2", input=long, truncate=False, options={"num_ctx": 512})

@@ -23,8 +23,6 @@ from pollama.api.openai.requests import chat_call, generate_call, messages_of
 from pollama.api.openai.types import ChatCompletionRequest, CompletionRequest
 from pollama.errors import BadRequest
 
-pytestmark = pytest.mark.llama
-
 MODEL = "smollm2"
 COLOURS = [{"role": "user", "content": "Name three colours."}]
 GREEDY: dict[str, Any] = {"temperature": 0, "seed": 7, "max_tokens": 24}
@@ -822,41 +820,3 @@ def test_error_before_streaming_is_a_status(server: Server):
             "code": "model_not_found",
         }
     }
-
-
-@pytest.mark.parametrize(
-    ("path", "body", "words"),
-    [
-        ("/v1/chat/completions", {"model": MODEL, "messages": COLOURS, "n": 2}, "n must be 1"),
-        ("/v1/chat/completions", {"model": MODEL, "messages": []}, "messages"),
-        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "x"}]}, "role"),
-        ("/v1/completions", {"model": MODEL, "prompt": "Hi", "n": 3}, "n must be 1"),
-        ("/v1/completions", {"model": MODEL, "prompt": ["a", "b"]}, "prompt"),
-        ("/v1/embeddings", {"model": MODEL, "input": []}, "input"),
-        ("/v1/embeddings", {"model": MODEL, "input": "a", "encoding_format": "hex"}, "encoding"),
-        (
-            "/v1/chat/completions",
-            {"model": MODEL, "messages": COLOURS, "tool_choice": "required"},
-            "tools",
-        ),
-        (
-            "/v1/chat/completions",
-            {"model": MODEL, "messages": COLOURS, "reasoning_effort": "extreme"},
-            "reasoning_effort",
-        ),
-    ],
-)
-def test_bad_requests_are_400_in_openai_shape(
-    server: Server, path: str, body: dict[str, Any], words: str
-):
-    response = server.post(path, body)
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert error["type"] == "invalid_request_error" and words in error["message"]
-    assert set(error) == {"message", "type", "param", "code"}
-
-
-def test_malformed_json_is_400_in_openai_shape(server: Server):
-    response = server.client.post("/v1/chat/completions", content=b'{"model": "smollm2",')
-    assert response.status_code == 400
-    assert response.json()["error"]["type"] == "invalid_request_error"

@@ -19,8 +19,6 @@ from pollama.api.openai.responses import ResponseStream
 from pollama.api.openai.responses_types import ResponsesRequest
 from pollama.errors import RunnerDied
 
-pytestmark = pytest.mark.llama
-
 GREEDY: dict[str, Any] = {"max_output_tokens": 24, "temperature": 0}
 QUESTION = "Why is the sky blue?"
 TOOL = {"type": "function", **WEATHER_TOOL["function"]}
