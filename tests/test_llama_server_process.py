@@ -32,7 +32,10 @@ from pollama.protocol.wire import (
     CompletionChunk,
     CompletionDone,
     CompletionRequest,
+    ProtocolError,
+    RunnerReported,
     SamplingOptions,
+    parse_completion_line,
 )
 from pollama.settings import Settings
 from pollama.units import GiB
@@ -482,3 +485,11 @@ def test_status_writer_explains_an_unknown_architecture():
         "this model is not supported by your version of pollama; you may need to upgrade "
         "(error loading model: unknown model architecture: 'qwen9')"
     )
+
+
+def test_the_runners_error_line_is_its_own_error_not_a_bad_line():
+    with pytest.raises(RunnerReported, match="^model unloaded$"):
+        parse_completion_line({"error": "model unloaded"})
+    with pytest.raises(ProtocolError):
+        parse_completion_line({"done": True})  # a done line without its counts
+    assert not issubclass(RunnerReported, RuntimeError | ProtocolError)

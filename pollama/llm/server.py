@@ -57,6 +57,7 @@ from pollama.protocol.wire import (
     LoadRequest,
     LoadResponse,
     ProtocolError,
+    RunnerReported,
     parse_completion_line,
 )
 from pollama.settings import Settings
@@ -465,5 +466,5 @@ def _parse_line(line: str) -> CompletionChunk | CompletionDone:
         return parse_completion_line(body)
     except ProtocolError as exc:
         raise RunnerError(f"bad response from runner: {exc}") from None
-    except RuntimeError as exc:  # the runner's {"error": ...} line
+    except RunnerReported as exc:
         raise RunnerError(str(exc)) from None

@@ -327,11 +327,15 @@ class CompletionDone:
         return {"done": True, **asdict(self)}
 
 
+class RunnerReported(Exception):
+    """The runner's own ``{"error": ...}`` line in a stream: it failed this request."""
+
+
 def parse_completion_line(body: Mapping[str, Any]) -> CompletionChunk | CompletionDone:
-    """One NDJSON line of a /completion stream; raises ProtocolError, or RuntimeError
-    carrying the runner's message for an error line."""
+    """One NDJSON line of a /completion stream; raises ProtocolError for a line that is
+    not one, RunnerReported (carrying the runner's message) for an error line."""
     if "error" in body:
-        raise RuntimeError(str(body["error"]))
+        raise RunnerReported(str(body["error"]))
     try:
         if body.get("done"):
             return CompletionDone(
