@@ -29,7 +29,7 @@ from pollama.memory.estimate import estimate_memory
 from pollama.memory.layout import GPULayers, Layout, place
 from pollama.memory.types import BackendMemory
 from pollama.options.load import LoadOptions, resolve_load_options
-from pollama.scheduler.loaded import ModelSpec, Runner
+from pollama.scheduler.loaded import LoadedModel, ModelSpec
 from pollama.scheduler.scheduler import Scheduler
 from pollama.settings import Settings
 from pollama.store.disk import Store
@@ -193,13 +193,13 @@ class FakeServer:
 
 @dataclass
 class FakeScheduler:
-    runners: list[Runner]
+    runners: list[LoadedModel]
     waiting: int = 0
     waiters: dict[str, int] = field(default_factory=dict)
     on_load: Any = None
     on_restart: Any = None
 
-    def loaded(self) -> list[Runner]:
+    def loaded(self) -> list[LoadedModel]:
         return self.runners
 
     def demand(self) -> dict[str, int]:
@@ -217,7 +217,7 @@ def test_memory_per_device_measured_and_estimated_for_the_same_layout() -> None:
     measured = estimated.with_gpu_graph(GPU.id, 1000)
     measured = replace(measured, cpu=replace(measured.cpu, graph=2000))
     spec = ModelSpec(name="demo:latest", model=model)
-    runner = Runner(spec, FakeServer(measured), LoadOptions(), config, 300.0)  # type: ignore[arg-type]
+    runner = LoadedModel(spec, FakeServer(measured), LoadOptions(), config, 300.0)  # type: ignore[arg-type]
     metrics = Metrics()
     metrics.watch(FakeScheduler([runner], waiting=2, waiters={"demo:latest": 3}))  # type: ignore[arg-type]
     samples = rendered(metrics)

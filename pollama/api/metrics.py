@@ -54,7 +54,7 @@ from pollama.memory.placement import estimate_for_layout
 from pollama.memory.types import BackendMemory
 
 if TYPE_CHECKING:
-    from pollama.scheduler.loaded import Runner
+    from pollama.scheduler.loaded import LoadedModel
     from pollama.scheduler.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class SchedulerCollector(Collector):
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
-        self._estimates: weakref.WeakKeyDictionary[Runner, BackendMemory | None] = (
+        self._estimates: weakref.WeakKeyDictionary[LoadedModel, BackendMemory | None] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -261,7 +261,7 @@ def memory_by_device(memory: BackendMemory) -> Iterator[tuple[str, int]]:
             yield (str(gpu.device) if gpu.device is not None else gpu.name), gpu.size
 
 
-def _estimate(runner: Runner, measured: BackendMemory) -> BackendMemory | None:
+def _estimate(runner: LoadedModel, measured: BackendMemory) -> BackendMemory | None:
     try:
         return estimate_for_layout(runner.spec.model, runner.config, measured)
     except Exception:  # a scrape must not fail over one model's figures

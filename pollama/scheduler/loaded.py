@@ -91,7 +91,7 @@ class RunningModel:
 
 
 @dataclass(eq=False)
-class Runner:
+class LoadedModel:
     """The scheduler's record of one loaded runner (mutated only by the scheduler)."""
 
     spec: ModelSpec
@@ -157,8 +157,8 @@ class Lease:
 
     def __init__(
         self,
-        runner: Runner,
-        release: Callable[[Runner], asyncio.Task[None] | None],
+        runner: LoadedModel,
+        release: Callable[[LoadedModel], asyncio.Task[None] | None],
         options: dict[str, Any],
         load_duration: int,
     ) -> None:
@@ -203,7 +203,7 @@ class Lease:
 class PendingLoad:
     spec: ModelSpec
     asked: LoadOptions
-    task: asyncio.Task[Runner]
+    task: asyncio.Task[LoadedModel]
 
     def serves(self, spec: ModelSpec, asked: LoadOptions) -> bool:
         ctx = self.spec.effective_ctx(self.asked.num_ctx)
@@ -228,7 +228,7 @@ def options_compatible(loaded_ctx: int, loaded: LoadOptions, ctx: int, asked: Lo
     )
 
 
-def eviction_order(runners: Sequence[Runner], now: float) -> list[Runner]:
+def eviction_order(runners: Sequence[LoadedModel], now: float) -> list[LoadedModel]:
     """Idle runners, the first to evict first: dead ones, then the shortest remaining
     keep-alive (expiring soonest), then the least recently used."""
     idle = [r for r in runners if r.in_flight == 0]

@@ -61,9 +61,9 @@ from pollama.options.load import LoadConfig, LoadOptions, resolve_load_options
 from pollama.scheduler.keepalive import load_options, normalize_keep_alive
 from pollama.scheduler.loaded import (
     Lease,
+    LoadedModel,
     ModelSpec,
     PendingLoad,
-    Runner,
     RunningModel,
     ServerFactory,
     eviction_order,
@@ -110,7 +110,7 @@ class Scheduler:
         self._gpu_probe = gpu_probe
         self._clock = clock
         self._cpu_path = cpu_path
-        self._runners: dict[str, Runner] = {}
+        self._runners: dict[str, LoadedModel] = {}
         self._loading: dict[str, PendingLoad] = {}
         self._starting: dict[str, LlamaServerLike] = {}
         """Runners whose model is being read in now, by model name (for progress)."""
@@ -149,7 +149,7 @@ class Scheduler:
         """Requests waiting now, for a load or for a slot."""
         return self._waiting
 
-    def loaded(self) -> list[Runner]:
+    def loaded(self) -> list[LoadedModel]:
         """The loaded runners whose process is alive (read them, never change them)."""
         return [r for r in self._runners.values() if not r.dead()]
 
@@ -272,10 +272,10 @@ class Scheduler:
 
     # -- slots --------------------------------------------------------------------------
 
-    def _usable(self, runner: Runner, spec: ModelSpec, asked: LoadOptions) -> bool:
+    def _usable(self, runner: LoadedModel, spec: ModelSpec, asked: LoadOptions) -> bool:
         return not runner.draining and not runner.dead() and runner.serves(spec, asked)
 
-    async def _take(self, runner: Runner, keep: float | None) -> bool:
+    async def _take(self, runner: LoadedModel, keep: float | None) -> bool:
         """Take a slot of ``runner``; False (slot given back) if it was idle and fails a ping."""
         was_idle = runner.in_flight == 0
         runner.in_flight += 1
@@ -296,7 +296,7 @@ class Scheduler:
             raise
         return True
 
-    def _release_slot(self, runner: Runner) -> asyncio.Task[None] | None:
+    def _release_slot(self, runner: LoadedModel) -> asyncio.Task[None] | None:
         """A request is done with ``runner``; the unload it triggers, if any."""
         runner.in_flight -= 1
         runner.last_used = self._clock()
@@ -332,7 +332,7 @@ class Scheduler:
         self._loading[spec.name] = pending
         return pending
 
-    async def _await_own_load(self, pending: PendingLoad) -> Runner:
+    async def _await_own_load(self, pending: PendingLoad) -> LoadedModel:
         """The load this request started; its runner comes with a slot reserved for it."""
         try:
             return await asyncio.shield(pending.task)
@@ -355,11 +355,11 @@ class Scheduler:
             if mine:
                 raise
 
-    def _drop_reservation(self, task: asyncio.Task[Runner]) -> None:
+    def _drop_reservation(self, task: asyncio.Task[LoadedModel]) -> None:
         if not task.cancelled() and task.exception() is None:
             self._release_slot(task.result())
 
-    async def _load(self, spec: ModelSpec, asked: LoadOptions, keep_alive: float) -> Runner:
+    async def _load(self, spec: ModelSpec, asked: LoadOptions, keep_alive: float) -> LoadedModel:
         try:
             async with self._load_lock:
                 self._check_open()
@@ -406,7 +406,9 @@ class Scheduler:
             await self._wait_for_change()
             self._check_open()
 
-    async def _load_runner(self, spec: ModelSpec, asked: LoadOptions, keep_alive: float) -> Runner:
+    async def _load_runner(
+        self, spec: ModelSpec, asked: LoadOptions, keep_alive: float
+    ) -> LoadedModel:
         partial = False
         crash: tuple[EngineCrashed, ExtraBuffers] | None = None
         while True:
@@ -454,7 +456,7 @@ class Scheduler:
             log.info("model loaded model=%s pid=%d seconds=%.2f", spec.name, server.pid, seconds)
             if self.on_load is not None:
                 self.on_load(spec.name, seconds)
-            return Runner(spec, server, asked, config, keep_alive, last_used=self._clock())
+            return LoadedModel(spec, server, asked, config, keep_alive, last_used=self._clock())
 
     def _policy(self, spec: ModelSpec, config: LoadConfig, partial: bool) -> LayoutPolicy:
         """How this load may be laid out; logs what is being loaded and any warnings."""
@@ -501,13 +503,13 @@ class Scheduler:
             self._starting.pop(spec.name, None)
         return server
 
-    def _victim(self) -> Runner | None:
+    def _victim(self) -> LoadedModel | None:
         order = eviction_order(list(self._runners.values()), self._clock())
         return order[0] if order else None
 
     # -- unloading ----------------------------------------------------------------------
 
-    def _unload(self, runner: Runner, reason: str) -> asyncio.Task[None]:
+    def _unload(self, runner: LoadedModel, reason: str) -> asyncio.Task[None]:
         """Forget ``runner`` now and close it in a task (awaited before the next load)."""
         if self._runners.get(runner.name) is runner:
             del self._runners[runner.name]
@@ -520,7 +522,7 @@ class Scheduler:
         self._notify()
         return task
 
-    async def _close(self, runner: Runner) -> None:
+    async def _close(self, runner: LoadedModel) -> None:
         try:
             await runner.server.close()
         except Exception:
