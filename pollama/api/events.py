@@ -23,12 +23,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
 from pollama.api.completion import CallOut, Delta, Event, Finish
+from pollama.api.errors import CLIENT_CLOSED_REQUEST
 from pollama.api.streaming import Record as AnyRecord
-from pollama.api.streaming import encode, first_and_rest
+from pollama.api.streaming import encode, first_and_rest, unless_client_leaves
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,12 @@ async def named_sse(
         await _close(rest)
 
 
+async def _drain(reply: EventStream) -> bool:
+    async for _ in reply.events():
+        pass
+    return True
+
+
 async def event_stream(reply: EventStream) -> AsyncIterator[bytes]:
     """The reply as named events. What fails before the first event is raised here, so
     that it can still be answered with an HTTP status."""
@@ -157,12 +165,14 @@ async def event_stream(reply: EventStream) -> AsyncIterator[bytes]:
     return named_sse(first, rest, error=reply.error)
 
 
-async def respond(reply: EventStream, stream: bool, result: Callable[[], BaseModel]) -> Response:
+async def respond(
+    request: Request, reply: EventStream, stream: bool, result: Callable[[], BaseModel]
+) -> Response:
     """Named events when streaming; otherwise the reply drained and ``result()`` as JSON
-    (the same run either way, so both forms always agree)."""
+    (the same run either way, so both forms always agree), cancelled if the client leaves."""
     if not stream:
-        async for _ in reply.events():
-            pass
+        if await unless_client_leaves(request, _drain(reply)) is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         return JSONResponse(result().model_dump(mode="json"))
     stream_ = await event_stream(reply)
     return StreamingResponse(stream_, media_type=SSE, headers={"Cache-Control": "no-cache"})

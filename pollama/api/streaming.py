@@ -8,17 +8,47 @@ event's JSON for SSE — because the status line has already gone out.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from starlette.requests import Request
 
 from pollama.api.errors import message_of
 
 log = logging.getLogger(__name__)
 Record = BaseModel | dict[str, Any]
+T = TypeVar("T")
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T | None:
+    """``work``'s result, or None when the client disconnects first; then ``work`` is
+    cancelled, so a reply nobody waits for stops generating and frees its slot (a
+    streamed reply learns of it from its next write; a whole one would not until done).
+
+    The body must have been read: the next message can then only be the disconnect.
+    """
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            log.info("client went away before its reply; cancelling path=%s", request.url.path)
+            task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        return await task
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def encode(record: Record) -> str:

@@ -58,7 +58,7 @@ async def messages(request: Request) -> Response:
     body = await parse_body(request, MessagesRequest)
     run = await start_chat(request.app.state.pollama, chat_call(body))
     reply = MessageStream(body.model, run)
-    return await respond(reply, body.stream, lambda: reply.message)
+    return await respond(request, reply, body.stream, lambda: reply.message)
 
 
 # -- request → ChatCall -------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pollama.api.completion import (
     start_chat,
     start_generate,
 )
+from pollama.api.errors import CLIENT_CLOSED_REQUEST
 from pollama.api.ollama.types import (
     ChatRequest,
     ChatResponse,
@@ -31,7 +32,7 @@ from pollama.api.ollama.types import (
     ToolCallFunction,
 )
 from pollama.api.state import ServerState
-from pollama.api.streaming import first_and_rest, ndjson
+from pollama.api.streaming import first_and_rest, ndjson, unless_client_leaves
 from pollama.errors import BadRequest
 from pollama.scheduler.keepalive import parse_keep_alive
 
@@ -84,7 +85,7 @@ async def generate(request: Request) -> Response:
                 **_metrics(event),
             )
 
-    return await _respond(records(), body.stream, _merge_generate)
+    return await _respond(request, records(), body.stream, _merge_generate)
 
 
 @router.post("/api/chat")
@@ -126,7 +127,7 @@ async def chat(request: Request) -> Response:
                 **_metrics(event),
             )
 
-    return await _respond(records(), body.stream, _merge_chat)
+    return await _respond(request, records(), body.stream, _merge_chat)
 
 
 async def parse_body(request: Request, kind: type[B]) -> B:
@@ -197,13 +198,21 @@ def _metrics(done: Finish) -> dict[str, Any]:
 
 
 async def _respond(
-    records: AsyncIterator[Any], stream: bool, merge: Callable[[list[Any]], Any]
+    request: Request, records: AsyncIterator[Any], stream: bool, merge: Callable[[list[Any]], Any]
 ) -> Response:
-    """NDJSON when streaming; otherwise one object with the pieces concatenated."""
+    """NDJSON when streaming; otherwise one object with the pieces concatenated (and the
+    generation cancelled if the client leaves before it is whole)."""
     if not stream:
-        return JSONResponse(_json(merge([r async for r in records])))
+        whole = await unless_client_leaves(request, _collect(records))
+        if whole is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return JSONResponse(_json(merge(whole)))
     first, rest = await first_and_rest(records)
     return StreamingResponse(ndjson(first, rest), media_type=NDJSON)
+
+
+async def _collect(records: AsyncIterator[Any]) -> list[Any]:
+    return [record async for record in records]
 
 
 def _merge_generate(records: list[GenerateResponse]) -> GenerateResponse:

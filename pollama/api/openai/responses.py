@@ -80,7 +80,7 @@ async def responses(request: Request) -> Response:
         )
     run = await start_chat(request.app.state.pollama, chat_call(body))
     reply = ResponseStream(body, run)
-    return await respond(reply, body.stream, lambda: reply.response)
+    return await respond(request, reply, body.stream, lambda: reply.response)
 
 
 # -- request → ChatCall -------------------------------------------------------------------

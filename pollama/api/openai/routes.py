@@ -24,7 +24,7 @@ from pollama.api.completion import (
     start_chat,
     start_generate,
 )
-from pollama.api.errors import error_record, openai_body
+from pollama.api.errors import CLIENT_CLOSED_REQUEST, error_record, openai_body
 from pollama.api.ollama.embed import embed_inputs, fit_dimensions
 from pollama.api.ollama.generate import keep_alive_of, parse_body
 from pollama.api.openai.replies import (
@@ -47,7 +47,7 @@ from pollama.api.openai.types import (
     ModelList,
 )
 from pollama.api.state import ServerState
-from pollama.api.streaming import first_and_rest, sse
+from pollama.api.streaming import first_and_rest, sse, unless_client_leaves
 from pollama.errors import InvalidModelName, ModelNotFound
 from pollama.store.names import ModelName
 
@@ -66,7 +66,7 @@ async def chat_completions(request: Request) -> Response:
     reply = response_ids("chatcmpl", body.model)
     if body.stream:
         return await _stream(chat_chunks(run, reply, include_usage(body)))
-    return _json(await chat_completion(run, reply))
+    return _json_unless_gone(await unless_client_leaves(request, chat_completion(run, reply)))
 
 
 @router.post("/v1/completions")
@@ -76,7 +76,7 @@ async def completions(request: Request) -> Response:
     reply = response_ids("cmpl", body.model)
     if body.stream:
         return await _stream(completion_chunks(run, reply, include_usage(body)))
-    return _json(await completion(run, reply))
+    return _json_unless_gone(await unless_client_leaves(request, completion(run, reply)))
 
 
 @router.post("/v1/embeddings")
@@ -120,6 +120,11 @@ async def retrieve_model(request: Request, model: str) -> Response:
 def _state(request: Request) -> ServerState:
     state: ServerState = request.app.state.pollama
     return state
+
+
+def _json_unless_gone(record: BaseModel | None) -> Response:
+    """The whole reply, or 499 for a client that left before it was whole."""
+    return Response(status_code=CLIENT_CLOSED_REQUEST) if record is None else _json(record)
 
 
 def _json(record: BaseModel) -> JSONResponse:

@@ -1,0 +1,92 @@
+"""Reliability against the real server and runner: abandoned requests, shutdown, faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from serving import Server
+
+LONG = 3000  # tokens a request asks for and is abandoned long before
+HI = [{"role": "user", "content": "List numbers."}]
+# A thousand six-digit numbers: the model cannot end its reply before LONG tokens.
+ENDLESS = {"type": "array", "minItems": 1000, "items": {"type": "integer", "minimum": 100000}}
+
+
+def runner_port(server: Server) -> int:
+    (pid,) = server.runner_pids()
+    cmd = psutil.Process(pid).cmdline()
+    return int(cmd[cmd.index("--port") + 1])
+
+
+def decoded(server: Server) -> int:
+    """Tokens the (one) runner has decoded so far, from its own /stats."""
+    stats = httpx.get(f"http://127.0.0.1:{runner_port(server)}/stats", timeout=30).json()
+    return int(stats["tokens_decoded"])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = Server(tmp_path_factory.mktemp("reliability"), OLLAMA_NUM_PARALLEL="1")
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/generate", {"prompt": "List numbers.", "format": ENDLESS}),
+        ("/api/chat", {"messages": HI, "format": ENDLESS}),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": HI,
+                "max_tokens": LONG,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "numbers", "schema": ENDLESS},
+                },
+            },
+        ),
+        (
+            "/v1/messages",
+            {
+                "messages": HI,
+                "max_tokens": LONG,
+                "output_config": {"format": {"type": "json_schema", "schema": ENDLESS}},
+            },
+        ),
+        (
+            "/v1/responses",
+            {
+                "input": "List numbers.",
+                "max_output_tokens": LONG,
+                "text": {"format": {"type": "json_schema", "name": "n", "schema": ENDLESS}},
+            },
+        ),
+    ],
+)
+def test_an_abandoned_whole_reply_stops_generating(
+    server: Server, path: str, body: dict[str, Any]
+) -> None:
+    # One slot: while an abandoned request generated on for nobody, the next would wait.
+    request = {"model": "smollm2", **body, "stream": False, "options": {"num_predict": LONG}}
+    warm = {"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 1}}
+    assert server.post("/api/generate", warm).status_code == 200
+    before = decoded(server)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while it generates
+        httpx.post(server.url + path, json=request, timeout=httpx.Timeout(30, read=1.5))
+    after = server.post(
+        "/api/generate",
+        {"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 4}},
+    )
+    assert after.status_code == 200 and after.json()["eval_count"] == 4
+    # The abandoned reply was cut short: nowhere near LONG tokens were decoded for it.
+    assert decoded(server) - before < LONG // 2
