@@ -61,6 +61,12 @@ class Settings:
     state_dir: Path | None = None
     """Where pollama keeps what it learnt about this machine (POLLAMA_STATE_DIR); None =
     the parent of the model store, beside ``logs/`` (see ``state_path``)."""
+    max_tokens: int = 0
+    """The most tokens one request may generate (POLLAMA_MAX_TOKENS); 0 = 10 × num_ctx, as
+    Ollama caps a request without num_predict. It caps an explicit num_predict too."""
+    shutdown_grace: float = 5.0
+    """Seconds in-flight requests get after SIGTERM before they are cancelled and the runners
+    stopped (POLLAMA_SHUTDOWN_GRACE)."""
     test_crash: str = ""
     """Test-only (POLLAMA_TEST_CRASH): ``runner|probe:SIGNAL[:always]`` makes that process
     send itself SIGNAL before its first decode (``pollama.runner.crash_hook``)."""
@@ -92,6 +98,8 @@ class Settings:
                 env.get("POLLAMA_CPU_EXTRA_BUFFERS", ""), ("auto", "on", "off"), "auto"
             ),
             state_dir=Path(state).expanduser() if (state := env.get("POLLAMA_STATE_DIR")) else None,
+            max_tokens=_int(env, "POLLAMA_MAX_TOKENS", 0, minimum=0),
+            shutdown_grace=_seconds(env.get("POLLAMA_SHUTDOWN_GRACE", ""), 5.0),
             test_crash=env.get("POLLAMA_TEST_CRASH", "").strip(),
         )
 
@@ -168,6 +176,21 @@ def _keep_alive(raw: str) -> float:
         except ValueError:
             return 300.0
     return FOREVER if seconds < 0 else seconds
+
+
+def _seconds(raw: str, default: float) -> float:
+    """A duration (``10s``, ``1m``) or a number of seconds, at least 0."""
+    raw = raw.strip()
+    if not raw:
+        return default
+    try:
+        seconds = parse_duration(raw)
+    except ValueError:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            return default
+    return max(seconds, 0.0)
 
 
 def _positive_duration(raw: str, default: float) -> float:

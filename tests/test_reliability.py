@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +89,25 @@ def test_an_abandoned_whole_reply_stops_generating(
     assert after.status_code == 200 and after.json()["eval_count"] == 4
     # The abandoned reply was cut short: nowhere near LONG tokens were decoded for it.
     assert decoded(server) - before < LONG // 2
+
+
+def test_sigterm_with_a_request_in_flight_exits_within_the_grace(tmp_path: Path) -> None:
+    server = Server(tmp_path, POLLAMA_SHUTDOWN_GRACE="1")
+    warm = {"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 1}}
+    assert server.post("/api/generate", warm).status_code == 200
+    runners, before = server.runner_pids(), decoded(server)
+    body = {"model": "smollm2", "prompt": "List numbers.", "format": ENDLESS, "stream": False}
+    with ThreadPoolExecutor(1) as pool:
+        # A whole reply of 3,000 tokens in flight: uvicorn alone waits for it to finish.
+        pending = pool.submit(httpx.post, server.url + "/api/generate", json=body, timeout=120)
+        while decoded(server) <= before + 8:  # until it is generating (polls the runner)
+            assert not pending.done(), pending.result()
+        server.process.send_signal(signal.SIGTERM)
+        # Bounded: the grace, then the request is cancelled and the runners stopped.
+        # uvicorn re-raises the signal it handled once it is done, so the status is -15.
+        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+        with pytest.raises(httpx.HTTPError):
+            pending.result().raise_for_status()
+    server.stop()
+    assert "scheduler stopped" in (tmp_path / "serve.log").read_text()  # a clean shutdown
+    assert runners and not any(psutil.pid_exists(pid) for pid in runners)

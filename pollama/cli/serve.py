@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 
 import uvicorn
@@ -40,4 +41,7 @@ def serve() -> None:
         host=settings.host,
         port=settings.port,
         log_level="debug" if settings.debug else "warning",
+        # SIGTERM: stop accepting, give in-flight requests this long, then cancel them;
+        # the app's shutdown then stops every runner. Never an unbounded wait.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
     )

@@ -314,7 +314,7 @@ class LlamaServer:
         self, request: CompletionRequest
     ) -> AsyncGenerator[CompletionChunk | CompletionDone, None]:
         """Stream a completion (a structured-output grammar comes in the request)."""
-        limit = 10 * self.context_length
+        limit = self._settings.max_tokens or 10 * self.context_length
         if not 0 <= request.options.num_predict <= limit:
             request = replace(request, options=replace(request.options, num_predict=limit))
         return self._stream(request)
