@@ -67,6 +67,17 @@ class Settings:
     shutdown_grace: float = 5.0
     """Seconds in-flight requests get after SIGTERM before they are cancelled and the runners
     stopped (POLLAMA_SHUTDOWN_GRACE)."""
+    api_keys: str = field(default="", repr=False)
+    """Keys the server accepts, ``KEY`` or ``KEY:SCOPE`` comma separated (POLLAMA_API_KEYS);
+    never shown (``repr=False``)."""
+    api_keys_file: Path | None = None
+    """A file of keys, one ``KEY[:SCOPE]`` a line, reloaded on SIGHUP (POLLAMA_API_KEYS_FILE)."""
+    metrics_public: bool = False
+    """Whether ``/metrics`` needs no key when keys are set (POLLAMA_METRICS_PUBLIC)."""
+    read_only: bool = False
+    """The store cannot change through the API (POLLAMA_READ_ONLY)."""
+    client_api_key: str = field(default="", repr=False)
+    """The key the CLI sends (POLLAMA_API_KEY, else OLLAMA_API_KEY)."""
     test_crash: str = ""
     """Test-only (POLLAMA_TEST_CRASH): ``runner|probe:SIGNAL[:always]`` makes that process
     send itself SIGNAL before its first decode (``pollama.runner.crash_hook``)."""
@@ -100,6 +111,13 @@ class Settings:
             state_dir=Path(state).expanduser() if (state := env.get("POLLAMA_STATE_DIR")) else None,
             max_tokens=_int(env, "POLLAMA_MAX_TOKENS", 0, minimum=0),
             shutdown_grace=_seconds(env.get("POLLAMA_SHUTDOWN_GRACE", ""), 5.0),
+            api_keys=env.get("POLLAMA_API_KEYS", "").strip(),
+            api_keys_file=Path(keys).expanduser()
+            if (keys := env.get("POLLAMA_API_KEYS_FILE", "").strip())
+            else None,
+            metrics_public=_bool(env.get("POLLAMA_METRICS_PUBLIC", "")) is True,
+            read_only=_bool(env.get("POLLAMA_READ_ONLY", "")) is True,
+            client_api_key=(env.get("POLLAMA_API_KEY") or env.get("OLLAMA_API_KEY") or "").strip(),
             test_crash=env.get("POLLAMA_TEST_CRASH", "").strip(),
         )
 

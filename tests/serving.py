@@ -24,12 +24,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, tmp: Path, **env: str) -> None:
+    def __init__(self, tmp: Path, *, bind: str = "127.0.0.1", **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {
             **os.environ,
-            "OLLAMA_HOST": f"127.0.0.1:{self.port}",
+            "OLLAMA_HOST": f"{bind}:{self.port}",
             "OLLAMA_MODELS": str(tmp / "models"),
             **env,
         }

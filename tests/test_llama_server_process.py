@@ -385,7 +385,7 @@ def test_repeating_piece_ends_generation_and_disconnects(model, script):
     asyncio.run(scenario())
 
 
-def test_num_predict_is_capped_and_format_is_checked_first(model, script):
+def test_num_predict_is_capped_by_ten_contexts_or_the_setting(model, script):
     async def sent(server: LlamaServer, num_predict: int) -> dict[str, Any]:
         options = SamplingOptions(num_predict=num_predict)
         items = [i async for i in server.completion(CompletionRequest("x", options=options))]
@@ -402,6 +402,14 @@ def test_num_predict_is_capped_and_format_is_checked_first(model, script):
             assert (await sent(server, 100))["options"]["num_predict"] == 100
         finally:
             await server.close()
+        capped = await start(model, script, "echo", settings=Settings(max_tokens=64))
+        try:
+            await capped.wait_until_running()
+            assert (await sent(capped, -1))["options"]["num_predict"] == 64
+            assert (await sent(capped, 100))["options"]["num_predict"] == 64
+            assert (await sent(capped, 10))["options"]["num_predict"] == 10
+        finally:
+            await capped.close()
 
     asyncio.run(scenario())
 

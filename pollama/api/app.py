@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pollama.api import metrics
 from pollama.api.anthropic import routes as anthropic
+from pollama.api.auth import Guard, KeyRing, parse_keys
 from pollama.api.errors import ApiError, api_error, error_body_for
 from pollama.api.ollama import catalog, embed, generate, manage
 from pollama.api.openai import responses
@@ -21,6 +22,7 @@ from pollama.api.openai import routes as openai
 from pollama.api.security import DEFAULT_ORIGINS, HostCheck, origin_regex
 from pollama.api.state import ServerState
 from pollama.errors import PollamaError
+from pollama.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,11 @@ class CatchUnexpected:
             await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
+def key_ring(settings: Settings) -> KeyRing:
+    """The keys the settings name (InvalidKeys for a list that does not parse)."""
+    return KeyRing(parse_keys(settings.api_keys.split(",")), settings.api_keys_file)
+
+
 def create_app(state: ServerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +85,12 @@ def create_app(state: ServerState) -> FastAPI:
     # request it lets through is counted, CORS preflights included; a bug of ours
     # still answers in the API's error shape, with CORS headers.
     app.add_middleware(CatchUnexpected)
+    if state.keys is None:
+        state.keys = key_ring(state.settings)
+    settings = state.settings
+    app.add_middleware(
+        Guard, keys=state.keys, read_only=settings.read_only, metrics_public=settings.metrics_public
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origin_regex=origin_regex((*DEFAULT_ORIGINS, *state.settings.origins)),

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from pollama.api.auth import KeyRing
 from pollama.api.metrics import Metrics
 from pollama.demo import DEMO_MODEL_NAME
 from pollama.errors import ModelNotFound
@@ -24,6 +25,8 @@ class ServerState:
     store: Store
     scheduler: Scheduler
     metrics: Metrics = field(default_factory=Metrics)
+    keys: KeyRing | None = None
+    """The API keys in force (None: from the settings, when the app is made)."""
 
     async def model(self, name: str) -> tuple[ModelSpec, ResolvedModel]:
         """The stored model a request names, as the scheduler and prompt code need it.

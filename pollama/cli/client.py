@@ -69,9 +69,14 @@ class Client:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: httpx.Timeout = TIMEOUT,
+        api_key: str = "",
     ) -> None:
         self.base_url = base_url
-        self._http = httpx.Client(base_url=base_url, transport=transport, timeout=timeout)
+        # POLLAMA_API_KEY / OLLAMA_API_KEY, for a server that requires keys.
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._http = httpx.Client(
+            base_url=base_url, transport=transport, timeout=timeout, headers=headers
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -237,7 +242,7 @@ def is_local(host: str) -> bool:
 def ensure_server(settings: Settings, *, err: TextIO | None = None) -> Client:
     """A client for the server at OLLAMA_HOST, starting ``pollama serve`` in the
     background (and saying so on ``err``) when nothing answers there."""
-    client = Client(settings.base_url)
+    client = Client(settings.base_url, api_key=settings.client_api_key)
     if client.heartbeat():
         return client
     try:

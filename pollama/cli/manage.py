@@ -44,7 +44,8 @@ def list_table(models: list[dict[str, Any]], now: datetime) -> str:
 
 def ps() -> None:
     with exit_on_error():
-        client = Client(Settings.from_env().base_url)
+        settings = Settings.from_env()
+        client = Client(settings.base_url, api_key=settings.client_api_key)
         with client:
             if not client.heartbeat():
                 typer.echo(f"no pollama server is running at {client.base_url}", err=True)
@@ -134,7 +135,8 @@ def remove(
 
 def stop(model: Annotated[str, typer.Argument(help="The model to unload.")]) -> None:
     with exit_on_error():
-        client = Client(Settings.from_env().base_url)
+        settings = Settings.from_env()
+        client = Client(settings.base_url, api_key=settings.client_api_key)
         with client:
             if not client.heartbeat():
                 raise ClientError(

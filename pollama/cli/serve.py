@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
+import signal
 import threading
 
+import typer
 import uvicorn
 
+from pollama.errors import PollamaError
 from pollama.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def serve() -> None:
-    from pollama.api.app import create_app
+    from pollama.api.app import create_app, key_ring
     from pollama.api.state import ServerState
     from pollama.engine.cpu_path import CpuPath
     from pollama.scheduler.scheduler import Scheduler
@@ -35,7 +46,22 @@ def serve() -> None:
     threading.Thread(
         target=lambda: log.info("%s", cpu_path.summary()), name="engine-probe", daemon=True
     ).start()
-    state = ServerState(settings, store, Scheduler.create(settings, cpu_path=cpu_path))
+    try:
+        keys = key_ring(settings)
+    except PollamaError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if keys.enabled:
+        # The file is read again on SIGHUP: keys change without a restart.
+        signal.signal(signal.SIGHUP, lambda *_: keys.reload())
+    elif not _loopback(settings.host):
+        log.warning(
+            "listening on %s with no API keys: anybody who can reach the port can use this "
+            "server (set POLLAMA_API_KEYS)",
+            settings.host,
+        )
+    scheduler = Scheduler.create(settings, cpu_path=cpu_path)
+    state = ServerState(settings, store, scheduler, keys=keys)
     uvicorn.run(
         create_app(state),
         host=settings.host,
