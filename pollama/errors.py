@@ -144,7 +144,7 @@ class InvalidDeviceSpec(PollamaError):
 
 class RegistryError(PollamaError):
     """A pull or push that failed at the registry: unreachable, timed out, refused, or
-    answered with something unusable (HTTP 500). The message says which step failed, as
+    answered with something unusable (HTTP 502: the upstream failed). The message says which step failed, as
     ``pull model manifest: cannot reach registry.ollama.ai: ...``."""
 
 

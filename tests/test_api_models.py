@@ -440,8 +440,9 @@ def test_pull_from_an_unreachable_registry_says_it_cannot_reach_it(second: Serve
     name = f"127.0.0.1:{free_port()}/library/nothing:v1"
     status, lines = stream_lines(second, "/api/pull", {"model": name, "insecure": True})
     error = lines[-1]["error"]
-    assert status == 500 or lines[:-1]
+    assert status == 502 and lines[:-1] == []  # refused before the first byte: a status
     assert "cannot reach" in error and "pull model manifest" in error
+    assert f"127.0.0.1:{name.split(':')[1].split('/')[0]}" in error  # names the host
     assert name not in tag_names(second)
 
 

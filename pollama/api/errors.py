@@ -25,6 +25,7 @@ from pollama.errors import (
     ModelNotFound,
     PollamaError,
     QueueFull,
+    RegistryError,
     RunnerHTTPError,
 )
 
@@ -51,6 +52,8 @@ def status_of(exc: BaseException) -> int:
         return 503
     if isinstance(exc, _BAD_REQUEST):
         return 400
+    if isinstance(exc, RegistryError):
+        return 502  # the registry failed us, not the client and not pollama
     if isinstance(exc, RunnerHTTPError) and 400 <= exc.status < 500:
         return exc.status
     if isinstance(exc, asyncio.CancelledError):
