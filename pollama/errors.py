@@ -15,6 +15,7 @@
     ├── InvalidTemplate             a chat template that fails to compile or render
     ├── InsertUnsupported           a ``suffix`` for a model whose template cannot insert
     ├── QueueFull                   too many requests waiting (HTTP 503)
+    ├── PayloadTooLarge             a request body over its limit (HTTP 413)
     ├── InvalidDeviceSpec           a simulated-GPU spec that does not parse
     ├── RegistryError               a registry that cannot be reached or refuses a pull/push
     ├── InvalidFormat               a ``format`` that is neither "json" nor a JSON schema
@@ -138,14 +139,18 @@ class QueueFull(PollamaError):
         super().__init__("server busy, please try again.  maximum pending requests exceeded")
 
 
+class PayloadTooLarge(PollamaError):
+    """A request body over POLLAMA_MAX_BODY (or a blob over POLLAMA_MAX_BLOB): HTTP 413."""
+
+
 class InvalidDeviceSpec(PollamaError):
     """A simulated device description that cannot be parsed."""
 
 
 class RegistryError(PollamaError):
     """A pull or push that failed at the registry: unreachable, timed out, refused, or
-    answered with something unusable (HTTP 502: the upstream failed). The message says which step failed, as
-    ``pull model manifest: cannot reach registry.ollama.ai: ...``."""
+    answered with something unusable (HTTP 502: the upstream failed). The message says
+    which step failed, as ``pull model manifest: cannot reach registry.ollama.ai: ...``."""
 
 
 class InvalidFormat(PollamaError):

@@ -67,6 +67,12 @@ class Settings:
     shutdown_grace: float = 5.0
     """Seconds in-flight requests get after SIGTERM before they are cancelled and the runners
     stopped (POLLAMA_SHUTDOWN_GRACE)."""
+    max_body: int = 64 * 1024 * 1024
+    """Bytes of a request body; more is a 413 before it is read (POLLAMA_MAX_BODY)."""
+    max_blob: int = 1024**4
+    """Bytes of one blob upload, streamed to disk (POLLAMA_MAX_BLOB)."""
+    max_connections: int = 1024
+    """Open connections the server serves at once; more get a 503 (POLLAMA_MAX_CONNECTIONS)."""
     api_keys: str = field(default="", repr=False)
     """Keys the server accepts, ``KEY`` or ``KEY:SCOPE`` comma separated (POLLAMA_API_KEYS);
     never shown (``repr=False``)."""
@@ -111,6 +117,9 @@ class Settings:
             state_dir=Path(state).expanduser() if (state := env.get("POLLAMA_STATE_DIR")) else None,
             max_tokens=_int(env, "POLLAMA_MAX_TOKENS", 0, minimum=0),
             shutdown_grace=_seconds(env.get("POLLAMA_SHUTDOWN_GRACE", ""), 5.0),
+            max_body=_size(env.get("POLLAMA_MAX_BODY", "")) or cls.max_body,
+            max_blob=_size(env.get("POLLAMA_MAX_BLOB", "")) or cls.max_blob,
+            max_connections=_int(env, "POLLAMA_MAX_CONNECTIONS", 1024, minimum=1),
             api_keys=env.get("POLLAMA_API_KEYS", "").strip(),
             api_keys_file=Path(keys).expanduser()
             if (keys := env.get("POLLAMA_API_KEYS_FILE", "").strip())

@@ -138,3 +138,60 @@ def test_a_bug_of_ours_is_a_generic_500_in_the_apis_shape(
     assert message == "internal error"  # nothing of ours leaks
     (record,) = [r for r in caplog.records if r.exc_info]
     assert "a bug in the engine glue" in str(record.exc_info[1])
+
+
+# -- limits -------------------------------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(tmp_path: Path) -> None:
+    with InProcess(tmp_path, max_body=4096) as client:
+        big = {"model": MODEL, "prompt": "x" * 8000, "stream": False}
+        declared = client.post("/api/generate", json=big)
+        assert declared.status_code == 413
+        assert declared.json() == {"error": "request body too large (the limit is 4.0 KiB)"}
+        openai = client.post("/v1/chat/completions", json={"model": MODEL, "x": "y" * 8000})
+        assert openai.status_code == 413 and openai.json()["error"]["type"] != ""
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield b'{"model": "smollm2", "prompt": "'
+            for _ in range(10):
+                yield b"x" * 1000
+            yield b'"}'
+
+        chunked = client.post("/api/generate", content=chunks())
+        assert chunked.status_code == 413
+        small = client.post("/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False})
+        assert small.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_ctx": 1 << 40}, 'option "num_ctx" must be between 1 and 16777216'),
+        ({"num_ctx": 0}, 'option "num_ctx" must be between 1 and 16777216'),
+        ({"num_predict": 10**12}, 'option "num_predict" must be between -2 and 16777216'),
+        ({"num_thread": 100000}, 'option "num_thread" must be between 0 and 4096'),
+    ],
+)
+def test_out_of_range_options_are_400(app: InProcess, options: dict[str, Any], message: str):
+    body = {"model": MODEL, "prompt": "Hi", "stream": False, "options": options}
+    response = app.post("/api/generate", body)
+    assert response.status_code == 400 and response.json() == {"error": message}
+
+
+def test_a_non_finite_number_is_400(app: InProcess) -> None:
+    raw = b'{"model": "smollm2", "prompt": "Hi", "options": {"temperature": NaN}}'
+    response = app.client.post("/api/generate", content=raw)
+    assert response.status_code == 400
+    assert response.json() == {"error": 'option "temperature" must be of type float32'}
+
+
+def test_too_many_messages_and_too_long_a_template_are_400(app: InProcess) -> None:
+    many = [{"role": "user", "content": "hi"}] * 4097
+    response = app.post("/api/chat", {"model": MODEL, "messages": many, "stream": False})
+    assert response.status_code == 400 and "too many messages" in response.json()["error"]
+    long = {"model": MODEL, "prompt": "Hi", "template": "x" * 300_000, "stream": False}
+    response = app.post("/api/generate", long)
+    assert response.status_code == 400 and "template too long" in response.json()["error"]
+    create = app.post("/api/create", {"model": "t", "from": MODEL, "template": "x" * 300_000})
+    assert create.status_code == 400 and "template too long" in create.json()["error"]

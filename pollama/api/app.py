@@ -16,6 +16,7 @@ from pollama.api import metrics
 from pollama.api.anthropic import routes as anthropic
 from pollama.api.auth import Guard, KeyRing, parse_keys
 from pollama.api.errors import ApiError, api_error, error_body_for
+from pollama.api.limits import BodyLimit
 from pollama.api.ollama import catalog, embed, generate, manage
 from pollama.api.openai import responses
 from pollama.api.openai import routes as openai
@@ -85,6 +86,9 @@ def create_app(state: ServerState) -> FastAPI:
     # request it lets through is counted, CORS preflights included; a bug of ours
     # still answers in the API's error shape, with CORS headers.
     app.add_middleware(CatchUnexpected)
+    app.add_middleware(
+        BodyLimit, max_body=state.settings.max_body, max_blob=state.settings.max_blob
+    )
     if state.keys is None:
         state.keys = key_ring(state.settings)
     settings = state.settings

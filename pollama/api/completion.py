@@ -29,6 +29,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from pollama.api.limits import MAX_MESSAGES, MAX_TEMPLATE
 from pollama.api.metrics import CompletionMeter, Metrics
 from pollama.api.state import ServerState
 from pollama.chat.capabilities import template_thinks
@@ -182,6 +183,11 @@ def _has_images(messages: Sequence[Mapping[str, Any]]) -> bool:
     return any(message.get("images") for message in messages)
 
 
+def check_template_size(template: str | None) -> None:
+    if template and len(template) > MAX_TEMPLATE:
+        raise BadRequest(f"template too long: {len(template)} characters (at most {MAX_TEMPLATE})")
+
+
 def check_format(fmt: object) -> None:
     """Reject a bad ``format`` before anything loads (InvalidFormat/UnsupportedSchema → 400)."""
     if fmt is not None and fmt != "":
@@ -310,6 +316,8 @@ def _open_thinking(plan: _ReplyPlan, prompt: Prompt) -> tuple[Prompt, bool]:
 async def start_chat(state: ServerState, call: ChatCall) -> Run:
     """Resolve, admit and start a chat completion (see the module docstring)."""
     check_format(call.format)
+    if len(call.messages) > MAX_MESSAGES:
+        raise BadRequest(f"too many messages: {len(call.messages)} (at most {MAX_MESSAGES})")
     spec, resolved = await state.model(call.model)
     refuse_unsupported(spec, images=_has_images(call.messages))
     options = validate_options(dict(call.options))
@@ -351,6 +359,7 @@ async def start_generate(state: ServerState, call: GenerateCall) -> Run:
     check_format(call.format)
     if call.raw and (call.template or call.system or call.context):
         raise BadRequest("raw mode does not support template, system, or context")
+    check_template_size(call.template)
     spec, resolved = await state.model(call.model)
     refuse_unsupported(spec, images=bool(call.images))
     options = validate_options(dict(call.options))

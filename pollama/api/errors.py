@@ -23,6 +23,7 @@ from pollama.errors import (
     InvalidModelName,
     InvalidTemplate,
     ModelNotFound,
+    PayloadTooLarge,
     PollamaError,
     QueueFull,
     RegistryError,
@@ -50,6 +51,8 @@ def status_of(exc: BaseException) -> int:
         return 404
     if isinstance(exc, QueueFull):
         return 503
+    if isinstance(exc, PayloadTooLarge):
+        return 413
     if isinstance(exc, _BAD_REQUEST):
         return 400
     if isinstance(exc, RegistryError):

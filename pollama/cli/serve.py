@@ -70,4 +70,5 @@ def serve() -> None:
         # SIGTERM: stop accepting, give in-flight requests this long, then cancel them;
         # the app's shutdown then stops every runner. Never an unbounded wait.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        limit_concurrency=settings.max_connections,
     )

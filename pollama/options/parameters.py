@@ -54,14 +54,20 @@ class Option:
     default: Any = None
     """Ollama's default; None where the server decides (num_ctx from
     OLLAMA_CONTEXT_LENGTH, use_mmap by the memory plan) or it is ignored."""
+    bounds: tuple[int, int] | None = None
+    """Allowed range of an integer option, where a huge value would cost memory or time
+    (a context of 2^40 tokens, a billion-token reply): outside it is a 400."""
 
 
-def _load(kind: OptionType, default: Any) -> Option:
-    return Option(kind, OptionKind.LOAD, default)
+_HUGE = 1 << 24  # tokens: far beyond any model's context today
 
 
-def _sampling(kind: OptionType, default: Any) -> Option:
-    return Option(kind, OptionKind.SAMPLING, default)
+def _load(kind: OptionType, default: Any, bounds: tuple[int, int] | None = None) -> Option:
+    return Option(kind, OptionKind.LOAD, default, bounds)
+
+
+def _sampling(kind: OptionType, default: Any, bounds: tuple[int, int] | None = None) -> Option:
+    return Option(kind, OptionKind.SAMPLING, default, bounds)
 
 
 _IGNORED = {
@@ -80,20 +86,20 @@ _IGNORED = {
 
 OPTIONS: Mapping[str, Option] = MappingProxyType(
     {
-        "num_ctx": _load(OptionType.INT, None),
-        "num_batch": _load(OptionType.INT, 512),
-        "num_gpu": _load(OptionType.INT, -1),
-        "main_gpu": _load(OptionType.INT, 0),
+        "num_ctx": _load(OptionType.INT, None, (1, _HUGE)),
+        "num_batch": _load(OptionType.INT, 512, (1, _HUGE)),
+        "num_gpu": _load(OptionType.INT, -1, (-1, _HUGE)),
+        "main_gpu": _load(OptionType.INT, 0, (0, 1024)),
         "use_mmap": _load(OptionType.BOOL, None),
-        "num_thread": _load(OptionType.INT, 0),
-        "num_keep": _sampling(OptionType.INT, 4),
+        "num_thread": _load(OptionType.INT, 0, (0, 4096)),
+        "num_keep": _sampling(OptionType.INT, 4, (-1, _HUGE)),
         "seed": _sampling(OptionType.INT, -1),
-        "num_predict": _sampling(OptionType.INT, -1),
+        "num_predict": _sampling(OptionType.INT, -1, (-2, _HUGE)),
         "top_k": _sampling(OptionType.INT, 40),
         "top_p": _sampling(OptionType.FLOAT, 0.9),
         "min_p": _sampling(OptionType.FLOAT, 0.0),
         "typical_p": _sampling(OptionType.FLOAT, 1.0),
-        "repeat_last_n": _sampling(OptionType.INT, 64),
+        "repeat_last_n": _sampling(OptionType.INT, 64, (-1, _HUGE)),
         "temperature": _sampling(OptionType.FLOAT, 0.8),
         "repeat_penalty": _sampling(OptionType.FLOAT, 1.0),
         "presence_penalty": _sampling(OptionType.FLOAT, 0.0),
@@ -177,7 +183,11 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if value is None:
             continue
-        out[key] = _typed(key, option.type, value)
+        typed = _typed(key, option.type, value)
+        if option.bounds is not None and not option.bounds[0] <= typed <= option.bounds[1]:
+            low, high = option.bounds
+            raise InvalidOption(f'option "{key}" must be between {low} and {high}')
+        out[key] = typed
     return out
 
 
@@ -190,7 +200,7 @@ def _typed(key: str, kind: OptionType, value: Any) -> Any:
         # JSON numbers arrive as floats from some clients; truncate as Go's int64() does.
         return int(value)
     if kind is OptionType.FLOAT:
-        if not is_number:
+        if not is_number or not math.isfinite(value):
             raise InvalidOption(f'option "{key}" must be of type float32')
         return float(value)
     if kind is OptionType.BOOL:

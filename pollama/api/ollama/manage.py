@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
+from pollama.api.completion import check_template_size
 from pollama.api.errors import CLIENT_CLOSED_REQUEST
 from pollama.api.ollama.generate import NDJSON, parse_body
 from pollama.api.ollama.types import (
@@ -191,6 +192,7 @@ async def _create_arguments(state: ServerState, body: CreateRequest) -> dict[str
     else:
         raise BadRequest("neither 'from' nor 'files' was specified")
     if body.template:
+        check_template_size(body.template)
         ChatTemplate.from_modelfile(body.template)  # InvalidTemplate (400) if it cannot compile
     # Empty values mean "not given", as in Ollama's API (Go's zero values).
     return {
