@@ -67,6 +67,9 @@ class Settings:
     shutdown_grace: float = 5.0
     """Seconds in-flight requests get after SIGTERM before they are cancelled and the runners
     stopped (POLLAMA_SHUTDOWN_GRACE)."""
+    stall_timeout: float = 60.0
+    """Seconds a runner may send nothing and not answer /health before it is taken for
+    stalled (stopped, wedged), killed and replaced (POLLAMA_STALL_TIMEOUT; 0 = never)."""
     max_body: int = 64 * 1024 * 1024
     """Bytes of a request body; more is a 413 before it is read (POLLAMA_MAX_BODY)."""
     max_blob: int = 1024**4
@@ -117,6 +120,7 @@ class Settings:
             state_dir=Path(state).expanduser() if (state := env.get("POLLAMA_STATE_DIR")) else None,
             max_tokens=_int(env, "POLLAMA_MAX_TOKENS", 0, minimum=0),
             shutdown_grace=_seconds(env.get("POLLAMA_SHUTDOWN_GRACE", ""), 5.0),
+            stall_timeout=_seconds(env.get("POLLAMA_STALL_TIMEOUT", ""), 60.0),
             max_body=_size(env.get("POLLAMA_MAX_BODY", "")) or cls.max_body,
             max_blob=_size(env.get("POLLAMA_MAX_BLOB", "")) or cls.max_blob,
             max_connections=_int(env, "POLLAMA_MAX_CONNECTIONS", 1024, minimum=1),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -111,3 +113,22 @@ def test_sigterm_with_a_request_in_flight_exits_within_the_grace(tmp_path: Path)
     server.stop()
     assert "scheduler stopped" in (tmp_path / "serve.log").read_text()  # a clean shutdown
     assert runners and not any(psutil.pid_exists(pid) for pid in runners)
+
+
+def test_a_stopped_runner_is_detected_killed_and_replaced(tmp_path: Path) -> None:
+    server = Server(tmp_path, POLLAMA_STALL_TIMEOUT="2")
+    try:
+        body = {"model": "smollm2", "prompt": "List numbers.", "format": ENDLESS}
+        with server.client.stream("POST", "/api/generate", json=body) as reply:
+            lines = reply.iter_lines()
+            assert "response" in json.loads(next(lines))
+            (stopped,) = server.runner_pids()
+            os.kill(stopped, signal.SIGSTOP)  # alive, but answers nothing
+            last = json.loads(list(lines)[-1])  # the stream ends: it does not hang
+        assert "the runner stopped answering for 2s" in last["error"]
+        assert not psutil.pid_exists(stopped) or psutil.Process(stopped).status() == "zombie"
+        again = {"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+        assert server.post("/api/generate", again).status_code == 200
+        assert server.runner_pids() != [stopped]
+    finally:
+        server.stop()

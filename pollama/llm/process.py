@@ -140,6 +140,11 @@ class RunnerProcess:
             return False
         return True
 
+    def kill(self) -> None:
+        """SIGKILL now: for a runner that cannot be asked (stopped by a signal, wedged)."""
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+
     async def stop(self) -> None:
         """SIGTERM, SIGKILL after the grace period, wait. Safe to call any number of times."""
         self._stopping = True

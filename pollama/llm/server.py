@@ -115,6 +115,9 @@ class LlamaServer:
         self._on_crash = on_crash
         self._loaded = False
         self._crash: EngineCrashed | None = None
+        self._last_line = 0.0
+        """When the runner last sent a line of a completion (monotonic seconds)."""
+        self._stalled = False
 
     @classmethod
     async def start(
@@ -326,9 +329,12 @@ class LlamaServer:
             await self._ready()
             repeats, last, pieces = 0, "", 0
             first_piece = 0
+            self._last_line = time.monotonic()
+            watchdog = asyncio.create_task(self._watch_stall())
             try:
                 async with self._client.completion(request) as lines:
                     async for line in lines:
+                        self._last_line = time.monotonic()
                         if not line.strip():
                             continue
                         item = _parse_line(line)
@@ -350,7 +356,30 @@ class LlamaServer:
                         yield item
             except httpx.TransportError as exc:
                 raise await self._connection_lost(exc) from exc
+            finally:
+                watchdog.cancel()
             raise await self._connection_lost(None)
+
+    async def _watch_stall(self) -> None:
+        """While a completion streams: a runner that has sent nothing for the stall timeout
+        must still answer /health (it does while it evaluates a long prompt). One that
+        does not is stopped or wedged: it is killed, so the request fails now and the
+        scheduler loads a new runner, instead of the slot hanging forever."""
+        timeout = self._settings.stall_timeout
+        if timeout <= 0:
+            return
+        while True:
+            await asyncio.sleep(max(0.1, self._last_line + timeout - time.monotonic()))
+            if time.monotonic() - self._last_line < timeout:
+                continue
+            try:
+                await asyncio.wait_for(self._client.health(), timeout)
+            except (httpx.HTTPError, TimeoutError, ProtocolError, RunnerHTTPError):
+                log.error("runner pid=%d stalled: nothing for %.0fs; killing it", self.pid, timeout)
+                self._stalled = True
+                self._process.kill()
+                return
+            self._last_line = time.monotonic()  # alive and busy: look again later
 
     async def embedding(self, inputs: Sequence[str], truncate: bool = True) -> EmbeddingResponse:
         async with self._semaphore:
@@ -400,6 +429,12 @@ class LlamaServer:
         return RunnerError(f"lost connection to the runner: {exc!r}")
 
     def _died(self) -> RunnerDied:
+        if self._stalled:
+            timeout = self._settings.stall_timeout
+            return RunnerDied(
+                f"the runner stopped answering for {timeout:g}s (stalled, or stopped by a "
+                "signal); it was killed and the next request loads the model again"
+            )
         number = crash_signal(self._process.returncode)
         if number is None or self._process.stopping:
             return RunnerDied(f"llama runner process has terminated: {self._process.exit_reason}")
