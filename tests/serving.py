@@ -34,6 +34,7 @@ class Server:
             **env,
         }
         environ.pop("POLLAMA_GPUS", None)
+        self.models = Path(environ["OLLAMA_MODELS"])
         self.log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pollama", "serve"],

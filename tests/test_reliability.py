@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -13,7 +14,11 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from gguf_files import write_gguf
 from serving import Server
+
+from pollama.demo import demo_model_path
+from pollama.ggufmeta import read_model
 
 LONG = 3000  # tokens a request asks for and is abandoned long before
 HI = [{"role": "user", "content": "List numbers."}]
@@ -132,3 +137,72 @@ def test_a_stopped_runner_is_detected_killed_and_replaced(tmp_path: Path) -> Non
         assert server.runner_pids() != [stopped]
     finally:
         server.stop()
+
+
+# -- damaged files on disk ------------------------------------------------------------------
+
+
+def upload(server: Server, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert server.client.post(f"/api/blobs/{digest}", content=data).status_code == 201
+    return digest
+
+
+def blob_file(server: Server, digest: str) -> Path:
+    return server.models / "blobs" / digest.replace(":", "-")
+
+
+def test_a_damaged_model_reports_an_error_and_the_others_keep_working(server: Server) -> None:
+    # A copy of the demo model with other bytes at its end: another blob, another model.
+    data = demo_model_path().read_bytes() + b"\0" * 64
+    digest = upload(server, data)
+    created = server.post("/api/create", {"model": "victim", "files": {"m.gguf": digest}})
+    assert created.status_code == 200, created.text
+    # The disk damages it: its tensor data is cut off after the header.
+    offset = read_model(demo_model_path()).data_offset
+    with open(blob_file(server, digest), "r+b") as f:
+        f.truncate(offset + 1000)
+    hi = {"prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+    broken = server.post("/api/generate", {"model": "victim", **hi})
+    assert broken.status_code in (400, 500), broken.text  # the file's fault, said in words
+    assert "model file" in broken.json()["error"], broken.text
+    assert server.post("/api/generate", {"model": "smollm2", **hi}).status_code == 200
+    assert {"victim:latest", "smollm2:latest"} <= {
+        m["name"] for m in server.client.get("/api/tags").json()["models"]
+    }
+
+
+def test_a_corrupt_manifest_fails_that_model_only(server: Server) -> None:
+    assert (
+        server.post("/api/copy", {"source": "smollm2", "destination": "spoilt"}).status_code == 200
+    )
+    manifest = server.models / "manifests" / "registry.ollama.ai" / "library" / "spoilt" / "latest"
+    manifest.write_bytes(b'{"schemaVersion": 2, "layers": [')  # cut off mid-write
+    hi = {"prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+    spoilt = server.post("/api/generate", {"model": "spoilt", **hi})
+    assert spoilt.status_code == 500 and "corrupt model manifest" in spoilt.json()["error"]
+    assert server.post("/api/generate", {"model": "smollm2", **hi}).status_code == 200
+    assert "smollm2:latest" in {m["name"] for m in server.client.get("/api/tags").json()["models"]}
+
+
+def test_a_runner_that_cannot_load_its_model_is_one_clear_error_per_request(
+    server: Server, tmp_path: Path
+) -> None:
+    # A well-formed GGUF of an architecture llama.cpp does not know: the server reads its
+    # header, the runner starts, and llama.cpp refuses it.
+    def kv(writer: Any) -> None:
+        writer.add_block_count(1)
+
+    data = write_gguf(tmp_path / "alien.gguf", "nonesuch", kv).read_bytes()
+    created = server.post(
+        "/api/create", {"model": "alien", "files": {"a.gguf": upload(server, data)}}
+    )
+    assert created.status_code == 200, created.text
+    log = server.log.name
+    before = Path(log).read_text().count("starting runner")
+    for _ in range(2):
+        reply = server.post("/api/generate", {"model": "alien", "prompt": "Hi", "stream": False})
+        assert reply.status_code == 500
+        assert "not supported by your version of pollama" in reply.json()["error"]
+    # One runner per request, no retries in between: no storm.
+    assert Path(log).read_text().count("starting runner") - before == 2

@@ -42,6 +42,7 @@ from pollama.ggufmeta import GGUFModel
 from pollama.llm.load import load_model
 from pollama.llm.process import RunnerProcess, free_port, runner_environment
 from pollama.llm.runner_client import RunnerClient
+from pollama.llm.status import explain_error
 from pollama.memory.layout import Layout, LayoutPolicy
 from pollama.memory.placement import plan_placement
 from pollama.memory.types import BackendMemory
@@ -487,7 +488,11 @@ class _CheckedLoads:
         self._server = server
 
     async def load(self, request: LoadRequest) -> LoadResponse:
-        return await self._server._send_load(request)
+        try:
+            return await self._server._send_load(request)
+        except RunnerHTTPError as exc:
+            # The runner refused the model ("unknown model architecture"): say what to do.
+            raise RunnerHTTPError(explain_error(str(exc)), exc.status) from exc
 
 
 def _parse_line(line: str) -> CompletionChunk | CompletionDone:
