@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -206,3 +207,13 @@ def test_a_runner_that_cannot_load_its_model_is_one_clear_error_per_request(
         assert "not supported by your version of pollama" in reply.json()["error"]
     # One runner per request, no retries in between: no storm.
     assert Path(log).read_text().count("starting runner") - before == 2
+
+
+def test_a_huge_header_is_431_and_the_server_keeps_serving(server: Server) -> None:
+    # llhttp buffers a header of any size; the server stops reading at 64 KiB.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        head = b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 200_000
+        sock.sendall(head + b"\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 431 ")
+    for _ in range(3):  # and requests on a kept-alive connection are counted afresh
+        assert server.client.get("/api/version", headers={"X-Ok": "b" * 30_000}).status_code == 200

@@ -7,8 +7,11 @@ limit. Blob uploads stream to disk and have their own limit (``POLLAMA_MAX_BLOB`
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from pollama.api.errors import ApiError, error_body_for
 from pollama.errors import PayloadTooLarge
@@ -66,3 +69,44 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+MAX_HEAD = 64 * 1024
+"""Bytes of a request's head (request line and headers); llhttp itself takes any size."""
+
+
+class BoundedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on a request's head: past ``MAX_HEAD``
+    bytes before the headers end, the answer is a 431 and the connection is closed, so a
+    client cannot make the server buffer a header of any size."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes = 0
+        self._in_head = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self._refuse_head()
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0  # the next request on this connection
+
+    def _refuse_head(self) -> None:
+        message = b"request header fields too large"
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: text/plain; charset=utf-8\r\n"
+            b"content-length: " + str(len(message)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + message
+        )
+        self.transport.close()

@@ -26,6 +26,7 @@ def _loopback(host: str) -> bool:
 
 def serve() -> None:
     from pollama.api.app import create_app, key_ring
+    from pollama.api.limits import BoundedHttpTools
     from pollama.api.state import ServerState
     from pollama.engine.cpu_path import CpuPath
     from pollama.scheduler.scheduler import Scheduler
@@ -71,4 +72,5 @@ def serve() -> None:
         # the app's shutdown then stops every runner. Never an unbounded wait.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
         limit_concurrency=settings.max_connections,
+        http=BoundedHttpTools,  # httptools with a bound on a request's headers
     )
