@@ -16,6 +16,7 @@
     ├── InsertUnsupported           a ``suffix`` for a model whose template cannot insert
     ├── QueueFull                   too many requests waiting (HTTP 503)
     ├── PayloadTooLarge             a request body over its limit (HTTP 413)
+    ├── StorageFull                 the model store's disk is full (HTTP 507)
     ├── InvalidDeviceSpec           a simulated-GPU spec that does not parse
     ├── RegistryError               a registry that cannot be reached or refuses a pull/push
     ├── InvalidFormat               a ``format`` that is neither "json" nor a JSON schema
@@ -141,6 +142,11 @@ class QueueFull(PollamaError):
 
 class PayloadTooLarge(PollamaError):
     """A request body over POLLAMA_MAX_BODY (or a blob over POLLAMA_MAX_BLOB): HTTP 413."""
+
+
+class StorageFull(PollamaError):
+    """A write to the model store failed for lack of space (ENOSPC, EDQUOT, EFBIG): HTTP
+    507. Nothing partial is left: the write protocol removes what it began."""
 
 
 class InvalidDeviceSpec(PollamaError):

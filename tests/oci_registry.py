@@ -3,49 +3,92 @@
     <root>/manifests/<namespace>/<model>/<tag>   manifest bytes as pushed
     <root>/blobs/sha256-<hex>                    blobs, verified on upload
 
-Enough of the protocol for pull and push: manifests GET/HEAD/PUT, blobs GET/HEAD,
-uploads by POST (a relative Location) then one PUT ``?digest=``. It runs uvicorn in a
-background thread on a free port.
+Enough of the protocol for pull and push: manifests GET/HEAD/PUT, blobs GET/HEAD (a
+``Range: bytes=<start>-[<end>]`` answered ``206 Partial Content``), uploads by POST (a
+relative Location) then one PUT ``?digest=``. It runs uvicorn in a background thread on
+a free port. Faults on demand: ``cut_after(digest, n)`` makes the next GET of a blob
+send ``n`` bytes of its body, then drop the connection.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+_CHUNK = 1 << 16
+
+
+@dataclass
+class Faults:
+    """What the registry does wrong on purpose, and what it saw."""
+
+    cuts: dict[str, int] = field(default_factory=dict)  # digest -> body bytes before the cut
+    headers: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    unlogged: int = 0  # cuts whose server-side error is not worth a traceback
+    ignore_ranges: bool = False  # answer a Range with the whole blob (200), as some servers do
+
+
+async def _file_body(path: Path, start: int, end: int, cut: int | None) -> AsyncIterator[bytes]:
+    """Bytes ``start`` to ``end`` (exclusive) of ``path``; with ``cut``, only that many:
+    the body then ends short of its Content-Length, and uvicorn drops the connection."""
+    sent = 0
+    with open(path, "rb") as f:
+        f.seek(start)
+        while start + sent < end:
+            want = min(_CHUNK, end - start - sent)
+            if cut is not None:
+                want = min(want, cut - sent)
+            if want <= 0:
+                return
+            chunk = f.read(want)
+            if not chunk:
+                return
+            sent += len(chunk)
+            yield chunk
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"errors": [{"code": code, "message": message}]}, status_code=status)
 
 
-def registry_app(root: Path, log: list[tuple[str, str]], token: str | None = None) -> FastAPI:
-    """The registry over ``root``; every request's (method, path) is appended to ``log``.
+def registry_app(
+    root: Path,
+    log: list[tuple[str, str]],
+    token: str | None = None,
+    faults: Faults | None = None,
+) -> FastAPI:
+    """The registry over ``root``; every request's (method, path) is appended to ``log``
+    (and, with ``faults``, its headers to ``faults.headers``).
 
     With a ``token``, /v2/ answers 401 with a Bearer challenge unless the request
     carries it; ``GET /token`` hands it out.
     """
     app = FastAPI()
+    faults = faults or Faults()
 
     @app.middleware("http")
     async def record(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         log.append((request.method, request.url.path))
+        faults.headers.append((request.method, request.url.path, dict(request.headers)))
         authorized = request.headers.get("Authorization") == f"Bearer {token}"
         if token and request.url.path.startswith("/v2/") and not authorized:
             realm = f"{request.url.scheme}://{request.url.netloc}/token"
@@ -105,11 +148,35 @@ def registry_app(root: Path, log: list[tuple[str, str]], token: str | None = Non
         return Response(status_code=201)
 
     @app.api_route("/v2/{namespace}/{model}/blobs/{digest}", methods=["GET", "HEAD"])
-    async def get_blob(namespace: str, model: str, digest: str) -> Response:
+    async def get_blob(namespace: str, model: str, digest: str, request: Request) -> Response:
         path = blob_path(digest)
         if path is None or not path.is_file():
             return _error(404, "BLOB_UNKNOWN", "blob unknown")
-        return FileResponse(path, media_type="application/octet-stream")
+        size = path.stat().st_size
+        headers = {"Accept-Ranges": "bytes", "Docker-Content-Digest": digest}
+        start, end, status = 0, size, 200
+        asked = request.headers.get("Range")
+        if asked is not None and not faults.ignore_ranges:
+            match = _RANGE.fullmatch(asked.strip())
+            if match is None or int(match.group(1)) >= size:
+                headers["Content-Range"] = f"bytes */{size}"
+                return Response(status_code=416, headers=headers)
+            start, status = int(match.group(1)), 206
+            if match.group(2):
+                end = min(size, int(match.group(2)) + 1)
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        headers["Content-Length"] = str(end - start)
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers)
+        cut = faults.cuts.pop(digest, None)
+        if cut is not None:
+            faults.unlogged += 1
+        return StreamingResponse(
+            _file_body(path, start, end, cut),
+            status_code=status,
+            headers=headers,
+            media_type="application/octet-stream",
+        )
 
     @app.post("/v2/{namespace}/{model}/blobs/uploads/")
     async def start_upload(namespace: str, model: str) -> Response:
@@ -143,6 +210,22 @@ def registry_app(root: Path, log: list[tuple[str, str]], token: str | None = Non
     return app
 
 
+class _QuietCuts(logging.Filter):
+    """Drops uvicorn's complaint about a body cut short, once per cut asked for: the
+    fault was on purpose."""
+
+    def __init__(self, faults: Faults) -> None:
+        super().__init__()
+        self.faults = faults
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if self.faults.unlogged > 0 and "shorter than Content-Length" in str(exc):
+            self.faults.unlogged -= 1
+            return False
+        return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,14 +238,17 @@ class Registry:
     def __init__(self, root: Path, token: str | None = None) -> None:
         self.root = root
         self.requests: list[tuple[str, str]] = []
+        self.faults = Faults()
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            registry_app(root, self.requests, token),
+            registry_app(root, self.requests, token, self.faults),
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
         )
+        self._quiet = _QuietCuts(self.faults)
+        logging.getLogger("uvicorn.error").addFilter(self._quiet)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -172,6 +258,20 @@ class Registry:
                 raise RuntimeError("the test registry did not start")
             time.sleep(0.02)
 
+    def cut_after(self, digest: str, n: int) -> None:
+        """The next GET of blob ``digest`` sends ``n`` bytes of its body, then drops the
+        connection (as a registry that dies, or a network that fails, does)."""
+        self.faults.cuts[digest] = n
+
+    def ranges(self, digest: str) -> list[str | None]:
+        """The ``Range`` header of each GET of blob ``digest`` so far (None: none sent)."""
+        return [
+            headers.get("range")
+            for method, path, headers in self.faults.headers
+            if method == "GET" and path.endswith(f"/blobs/{digest}")
+        ]
+
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+        logging.getLogger("uvicorn.error").removeFilter(self._quiet)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _limit_file_size(limit: int) -> Callable[[], None]:
+    def preexec() -> None:  # in the child, before exec
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+
+    return preexec
+
+
 class Server:
-    def __init__(self, tmp: Path, *, bind: str = "127.0.0.1", **env: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        bind: str = "127.0.0.1",
+        file_size_limit: int | None = None,
+        **env: str,
+    ) -> None:
+        """``file_size_limit``: RLIMIT_FSIZE for the server (and its runners): writing past it
+        fails with EFBIG, as a full disk fails a write, without filling any disk."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {
@@ -41,6 +60,7 @@ class Server:
             env=environ,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if file_size_limit is None else _limit_file_size(file_size_limit),
         )
         self.client = httpx.Client(base_url=self.url, timeout=120)
         self._wait_until_up()

@@ -18,6 +18,8 @@ from serving import Server
 
 from pollama.demo import demo_model_path
 from pollama.errors import ModelNotFound
+from pollama.store.blobs import RESUMABLE_MAX_AGE
+from pollama.store.disk import Store
 
 pytestmark = pytest.mark.llama
 
@@ -500,6 +502,124 @@ def test_a_failed_pull_leaves_no_model(
     assert message in lines[-1]["error"]
     assert name not in tag_names(second)
     assert second.client.head(f"/api/blobs/{sha(blob)}").status_code == 404
+
+
+def store_of(server: Server) -> Path:
+    """The server's OLLAMA_MODELS (serving.Server keeps its log beside it)."""
+    return Path(server.log.name).parent / "models"
+
+
+def resumable_file(models: Path, digest: str) -> Path:
+    return models / "blobs" / (".resumable-sha256-" + digest.removeprefix("sha256:"))
+
+
+def completed_of(lines: list[dict[str, Any]], digest: str, size: int) -> list[int]:
+    """The ``completed`` of each progress record for ``digest``; each says ``total`` right."""
+    records = [line for line in lines if line.get("digest") == digest and "completed" in line]
+    assert all(line["total"] == size for line in records)
+    return [line["completed"] for line in records]
+
+
+def test_a_pull_cut_off_midway_resumes_where_it_stopped(second: Server, registry: Registry):
+    blob = os.urandom(12 << 20)
+    digest, models = sha(blob), store_of(second)
+    _publish(registry, "resumed", blob, blob)
+    name = f"{registry.host}/library/resumed:v1"
+    registry.cut_after(digest, 5_000_017)
+    status, lines = stream_lines(second, "/api/pull", {"model": name, "insecure": True})
+    assert status == 200 and statuses(lines)[0] == "pulling manifest"
+    assert registry.host in lines[-1]["error"] and digest[7:19] in lines[-1]["error"]
+
+    # Nothing partial is visible: no blob by that name, no model; the bytes are kept aside.
+    held = resumable_file(models, digest).stat().st_size
+    assert 0 < held <= 5_000_017
+    assert not blob_file(models, digest).exists()
+    assert second.client.head(f"/api/blobs/{digest}").status_code == 404
+    assert name not in tag_names(second)
+    assert second.post("/api/show", {"model": name}).status_code == 404
+
+    lines = second.stream("/api/pull", {"model": name, "insecure": True})
+    assert statuses(lines)[-1] == "success"
+    assert registry.ranges(digest) == [None, f"bytes={held}-"]  # asked for the rest only
+    completed = completed_of(lines, digest, len(blob))
+    assert completed[0] == held and completed == sorted(completed)
+    assert completed[-1] == len(blob) and len(completed) > 2
+    assert sha(blob_file(models, digest).read_bytes()) == digest
+    assert not resumable_file(models, digest).exists()
+    assert name in tag_names(second)
+
+
+def test_a_pull_starts_over_when_the_registry_ignores_the_range(second: Server, registry: Registry):
+    blob = os.urandom(3 << 20)
+    digest, models = sha(blob), store_of(second)
+    _publish(registry, "whole", blob, blob)
+    name = f"{registry.host}/library/whole:v1"
+    registry.cut_after(digest, 1_000_003)
+    assert "error" in stream_lines(second, "/api/pull", {"model": name, "insecure": True})[1][-1]
+    held = resumable_file(models, digest).stat().st_size
+    registry.faults.ignore_ranges = True
+    try:
+        lines = second.stream("/api/pull", {"model": name, "insecure": True})
+    finally:
+        registry.faults.ignore_ranges = False
+    assert statuses(lines)[-1] == "success"
+    assert registry.ranges(digest) == [None, f"bytes={held}-"]
+    completed = completed_of(lines, digest, len(blob))
+    assert completed[0] == 0 and completed == sorted(completed)  # a 200: from zero
+    assert sha(blob_file(models, digest).read_bytes()) == digest
+
+
+def test_a_resumed_pull_with_wrong_bytes_kept_fails_then_starts_over(
+    second: Server, registry: Registry
+):
+    blob = os.urandom(3 << 20)
+    digest, models = sha(blob), store_of(second)
+    _publish(registry, "spoiled", blob, blob)
+    name = f"{registry.host}/library/spoiled:v1"
+    kept = resumable_file(models, digest)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes(b"\0" * 100_000)  # not the blob's first bytes
+    status, lines = stream_lines(second, "/api/pull", {"model": name, "insecure": True})
+    assert status == 200 and "digest mismatch" in lines[-1]["error"]
+    assert not kept.exists() and not blob_file(models, digest).exists()
+    assert name not in tag_names(second)
+
+    assert statuses(second.stream("/api/pull", {"model": name, "insecure": True}))[-1] == "success"
+    assert registry.ranges(digest) == ["bytes=100000-", None]
+    assert sha(blob_file(models, digest).read_bytes()) == digest
+
+
+def test_an_interrupted_pull_is_kept_for_a_retry_then_pruned(tmp_path: Path):
+    store = Store(tmp_path)
+    blob = b"the weights of a model"
+    digest = sha(blob)
+    first = store.open_download(digest)
+    assert first is not None and first.resumable and first.offset == 0
+    first.write(blob[:7])
+    # Another download of the same blob meanwhile writes a file of its own, never this one.
+    other = store.open_download(digest)
+    assert other is not None and not other.resumable and other.offset == 0
+    other.close()
+    first.close()
+    kept = resumable_file(tmp_path, digest)
+    assert kept.read_bytes() == blob[:7] and partials(tmp_path) == []
+
+    # Not a blob: nothing resolves or lists it; pruning (as at start-up) keeps it a while.
+    assert not store.has_blob(digest) and store.blob_size(digest) is None
+    assert store.prune() == [] and kept.is_file()
+    again = store.open_download(digest)
+    assert again is not None and again.resumable and again.offset == 7
+    again.close()
+
+    stale = time.time() - RESUMABLE_MAX_AGE - 60
+    os.utime(kept, (stale, stale))
+    assert store.prune() == [kept.name] and not kept.exists()
+    # Once the blob is complete, a leftover is useless, however recent.
+    store.write_blob_bytes(blob)
+    kept.write_bytes(blob[:3])
+    assert store.open_download(digest) is None
+    kept.write_bytes(blob[:3])
+    assert kept.name in store.remove_stale_partials() and not kept.exists()
 
 
 def test_push_and_pull_answer_a_bearer_challenge(server: Server, second: Server, tmp_path: Path):

@@ -217,3 +217,56 @@ def test_a_huge_header_is_431_and_the_server_keeps_serving(server: Server) -> No
         assert sock.recv(100).startswith(b"HTTP/1.1 431 ")
     for _ in range(3):  # and requests on a kept-alive connection are counted afresh
         assert server.client.get("/api/version", headers={"X-Ok": "b" * 30_000}).status_code == 200
+
+
+# -- a full disk ------------------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def leftovers(models: Path) -> list[str]:
+    """Files a write in progress (or a crash) leaves: partial blobs, temporary manifests."""
+    return sorted(p.name for p in models.rglob("*") if p.name.startswith((".partial-", ".tmp-")))
+
+
+def test_a_full_disk_during_an_upload_is_507_and_leaves_nothing(tmp_path: Path) -> None:
+    # Writes past 120 MiB fail as on a full disk (EFBIG): the demo model (98 MiB) fits.
+    server = Server(tmp_path, file_size_limit=120 * MiB)
+    try:
+        size = 130 * MiB
+        digest = "sha256:" + hashlib.sha256(b"\0" * size).hexdigest()
+
+        def zeros() -> Iterator[bytes]:
+            for _ in range(size // MiB):
+                yield b"\0" * MiB
+
+        full = server.client.post(f"/api/blobs/{digest}", content=zeros())
+        assert full.status_code == 507, full.text
+        assert "out of space" in full.json()["error"]
+        assert not blob_file(server, digest).exists() and leftovers(server.models) == []
+        assert upload(server, b"small enough") and server.client.get("/api/tags").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_full_disk_during_create_is_507_and_the_store_stays_consistent(tmp_path: Path) -> None:
+    models = tmp_path / "store"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Server(tmp_path / "a", OLLAMA_MODELS=str(models))
+    try:  # the demo model is imported while the disk has room
+        assert first.post("/api/show", {"model": "smollm2"}).status_code == 200
+    finally:
+        first.stop()
+    server = Server(tmp_path / "b", file_size_limit=64 * 1024, OLLAMA_MODELS=str(models))
+    try:
+        body = {"model": "big", "from": "smollm2", "template": "{{ .Prompt }}" + "x" * 100_000}
+        full = server.post("/api/create", {**body, "stream": False})
+        assert full.status_code == 507, full.text
+        assert not (models / "manifests" / "registry.ollama.ai" / "library" / "big").exists()
+        assert leftovers(models) == []
+        names = {m["name"] for m in server.client.get("/api/tags").json()["models"]}
+        assert names == {"smollm2:latest"}
+        assert server.post("/api/show", {"model": "smollm2"}).status_code == 200
+    finally:
+        server.stop()

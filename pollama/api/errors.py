@@ -28,6 +28,7 @@ from pollama.errors import (
     QueueFull,
     RegistryError,
     RunnerHTTPError,
+    StorageFull,
 )
 
 CLIENT_CLOSED_REQUEST = 499
@@ -53,6 +54,8 @@ def status_of(exc: BaseException) -> int:
         return 503
     if isinstance(exc, PayloadTooLarge):
         return 413
+    if isinstance(exc, StorageFull):
+        return 507
     if isinstance(exc, _BAD_REQUEST):
         return 400
     if isinstance(exc, RegistryError):

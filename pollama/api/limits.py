@@ -84,13 +84,18 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes = 0
         self._in_head = True
+        self._tail = b""
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
-            self._head_bytes += len(data)
+            # Only the head counts: a chunk may carry its end and the start of a body.
+            seen = self._tail + data
+            end = seen.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
             if self._head_bytes > MAX_HEAD:
                 self._refuse_head()
                 return
+            self._tail = seen[-3:]
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
@@ -99,7 +104,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._in_head, self._head_bytes = True, 0  # the next request on this connection
+        self._in_head, self._head_bytes, self._tail = True, 0, b""  # the next request
 
     def _refuse_head(self) -> None:
         message = b"request header fields too large"

@@ -6,26 +6,64 @@ against the digest it claims, and only then renamed into place. Readers thus
 see either no blob or a complete, verified one; a cancelled or failed upload
 removes its partial file on the way out, and ``Store.prune`` removes any a
 crash left behind.
+
+A blob pulled from a registry is written instead to ``.resumable-sha256-<hex>``
+(see ``BlobStore.open_download``): a name derived from the digest, so a pull that
+was cut off continues the next time from where it stopped, and one that is not a
+blob's name (``sha256-<hex>``), so nothing resolves, lists or prunes it as a blob.
+It is kept on a connection failure or cancellation, removed when its bytes prove
+wrong, and removed by ``prune`` (at ``pollama serve`` start-up and after a delete)
+once the blob is complete or it has not been written to for ``RESUMABLE_MAX_AGE``.
+The name is not Ollama's ``sha256-<hex>-partial`` (a sparse file with ``-partial-N``
+part files beside it), so a store shared with Ollama never mixes the two.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
 import hashlib
 import logging
 import os
 import re
 import secrets
-from collections.abc import AsyncIterable
+import time
+from collections.abc import AsyncIterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from pollama.errors import DigestMismatch
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+from pollama.errors import DigestMismatch, StorageFull
 from pollama.store.manifest import digest_of, parse_digest
 
 log = logging.getLogger(__name__)
 
 PARTIAL_PREFIX = ".partial-"
+RESUMABLE_PREFIX = ".resumable-"
+RESUMABLE_MAX_AGE = 7 * 24 * 3600.0
+"""Seconds an interrupted pull's bytes are kept for a retry after their last write."""
+TEMP_PREFIX = ".tmp-"
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def full_disk_is_storage_full(what: str) -> Iterator[None]:
+    """A write that fails for lack of space is a StorageFull (507) naming what was being
+    written, not an anonymous OSError (500)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise StorageFull(
+                f"the model store is out of space writing {what}: {exc.strerror}"
+            ) from exc
+        raise
+
+
 BLOB_FILE = re.compile(r"sha256-[0-9a-f]{64}")
 _COPY_CHUNK = 1 << 20
 
@@ -71,7 +109,8 @@ class BlobStore:
             hasher = hashlib.sha256()
             async for chunk in chunks:
                 hasher.update(chunk)
-                f.write(chunk)
+                with full_disk_is_storage_full(f"blob {expected}"):
+                    f.write(chunk)
             actual = "sha256:" + hasher.hexdigest()
             if actual != expected:
                 raise DigestMismatch(expected, actual)
@@ -79,7 +118,8 @@ class BlobStore:
             # worker owns the file; if we are cancelled while it runs, it still finishes
             # (the bytes are verified, so the blob it places is a correct one).
             handed_off = True
-            await asyncio.to_thread(self._commit, f, partial, final)
+            with full_disk_is_storage_full(f"blob {expected}"):
+                await asyncio.to_thread(self._commit, f, partial, final)
         finally:
             if not handed_off:
                 self._discard(f, partial)
@@ -90,13 +130,14 @@ class BlobStore:
         digest = digest_of(data)
         final = self.blob_path(digest)
         if not final.is_file():
-            partial, f = self._open_partial()
-            try:
-                f.write(data)
-            except BaseException:
-                self._discard(f, partial)
-                raise
-            self._commit(f, partial, final)
+            with full_disk_is_storage_full(f"blob {digest}"):
+                partial, f = self._open_partial()
+                try:
+                    f.write(data)
+                except BaseException:
+                    self._discard(f, partial)
+                    raise
+                self._commit(f, partial, final)
         return digest
 
     def add_file(self, path: Path) -> str:
@@ -104,7 +145,7 @@ class BlobStore:
         partial, f = self._open_partial()
         try:
             hasher = hashlib.sha256()
-            with open(path, "rb") as source:
+            with open(path, "rb") as source, full_disk_is_storage_full(f"a copy of {path}"):
                 while chunk := source.read(_COPY_CHUNK):
                     hasher.update(chunk)
                     f.write(chunk)
@@ -116,20 +157,63 @@ class BlobStore:
         if final.is_file():
             self._discard(f, partial)
         else:
-            self._commit(f, partial, final)
+            with full_disk_is_storage_full(f"a copy of {path}"):
+                self._commit(f, partial, final)
         return digest
 
+    def open_download(self, digest: str) -> BlobDownload | None:
+        """A file to download ``digest`` into, holding whatever an interrupted download of
+        it left (``offset`` bytes); None when the blob is complete already.
+
+        The resumable file is locked (``flock``) while in use. When another download
+        holds it, in this process or another, this one gets a private partial file
+        instead and starts from zero: two writers never share a file.
+        """
+        expected = parse_digest(digest)
+        final = self.blob_path(expected)
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        path = self.blobs_dir / f"{RESUMABLE_PREFIX}{final.name}"
+        f = _open_locked(path)
+        if f is None:
+            partial, private = self._open_partial()
+            return BlobDownload(self, expected, partial, private, resumable=False)
+        if final.is_file():  # completed by another download since the caller looked
+            path.unlink(missing_ok=True)  # before the lock goes: it is this file, not a new one
+            f.close()
+            return None
+        self._writing.add(path)
+        try:
+            hasher, size = _hash_file(f)
+        except BaseException:
+            self._writing.discard(path)
+            f.close()
+            raise
+        return BlobDownload(self, expected, path, f, resumable=True, hasher=hasher, size=size)
+
     def remove_stale_partials(self) -> list[str]:
-        """Delete partial files no write in this process owns; returns their names."""
+        """Delete partial files no write in this process owns, and resumable downloads
+        that are complete or were last written over ``RESUMABLE_MAX_AGE`` ago; returns
+        their names."""
         removed: list[str] = []
         try:
             entries = list(self.blobs_dir.iterdir())
         except FileNotFoundError:
             return removed
+        horizon = time.time() - RESUMABLE_MAX_AGE
         for path in entries:
-            if path.name.startswith(PARTIAL_PREFIX) and path not in self._writing:
-                path.unlink(missing_ok=True)
-                removed.append(path.name)
+            if path in self._writing:
+                continue
+            if path.name.startswith(RESUMABLE_PREFIX):
+                blob = self.blobs_dir / path.name.removeprefix(RESUMABLE_PREFIX)
+                try:
+                    if not blob.is_file() and path.stat().st_mtime > horizon:
+                        continue
+                except FileNotFoundError:
+                    continue
+            elif not path.name.startswith(PARTIAL_PREFIX):
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
         return removed
 
     # -- the write protocol ------------------------------------------------------------------
@@ -162,12 +246,157 @@ class BlobStore:
         self._writing.discard(partial)
 
 
+class BlobDownload:
+    """One blob's bytes as they arrive from a registry: appended, hashed as they are
+    written (after the bytes an earlier attempt left), verified and renamed into place
+    by ``commit``. Use as a context manager: leaving it without a commit keeps a
+    resumable file for the next attempt and removes a private or empty one."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        digest: str,
+        path: Path,
+        f: BinaryIO,
+        *,
+        resumable: bool,
+        hasher: _Hash | None = None,
+        size: int = 0,
+    ) -> None:
+        self.digest, self.path, self.resumable = digest, path, resumable
+        self._store, self._f = store, f
+        self._hasher = hasher or hashlib.sha256()
+        self._size = size
+        self._open = True
+
+    @property
+    def offset(self) -> int:
+        """Bytes held so far: where the download continues."""
+        return self._size
+
+    def matches(self) -> bool:
+        """Whether the bytes held so far are the whole blob."""
+        return "sha256:" + self._hasher.copy().hexdigest() == self.digest
+
+    def restart(self) -> None:
+        """Drop the bytes held: the download starts again from zero."""
+        self._f.seek(0)
+        self._f.truncate()
+        self._hasher, self._size = hashlib.sha256(), 0
+
+    def write(self, chunk: bytes) -> None:
+        with full_disk_is_storage_full(f"blob {self.digest}"):
+            self._f.write(chunk)
+        self._hasher.update(chunk)
+        self._size += len(chunk)
+
+    async def commit(self) -> None:
+        """Verify the whole file's digest and move it into place; DigestMismatch (and
+        the file removed: its bytes are wrong, resuming them cannot help) otherwise."""
+        actual = "sha256:" + self._hasher.hexdigest()
+        if actual != self.digest:
+            self.discard()
+            raise DigestMismatch(self.digest, actual)
+        # The worker owns the file from here; cancelled meanwhile, it still finishes.
+        self._open = False
+        with full_disk_is_storage_full(f"blob {self.digest}"):
+            await asyncio.to_thread(self._place)
+
+    def discard(self) -> None:
+        """Remove the file, resumable or not."""
+        if self._open:
+            self._open = False
+            self._release(remove=True)
+
+    def close(self) -> None:
+        """Keep a resumable file's bytes (durably) for the next attempt; remove a private
+        or empty one."""
+        if not self._open:
+            return
+        if not self.resumable or self._size == 0:
+            self.discard()  # nothing worth resuming
+            return
+        self._open = False
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            log.info("kept a partial download: digest=%s bytes=%d", self.digest, self._size)
+        except OSError as exc:
+            log.warning("keeping a partial download failed: path=%s error=%s", self.path, exc)
+        finally:
+            self._release(remove=False)
+
+    def _place(self) -> None:
+        """Make the file durable and rename it into place, all under its lock: whoever
+        takes the lock next finds the blob complete, never this file half-moved."""
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            os.replace(self.path, self._final)
+            fsync_dir(self._final.parent)
+        except BaseException:
+            self._release(remove=True)
+            raise
+        self._release(remove=False)
+
+    def _release(self, *, remove: bool) -> None:
+        """Close the file (which drops its lock), removing it first if ``remove``: a file
+        removed after the lock is gone might be another download's new one."""
+        try:
+            if remove:
+                self.path.unlink(missing_ok=True)
+        finally:
+            self._f.close()
+            self._store._writing.discard(self.path)
+
+    def __enter__(self) -> BlobDownload:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def _final(self) -> Path:
+        return self._store.blob_path(self.digest)
+
+
+def _open_locked(path: Path) -> BinaryIO | None:
+    """``path`` opened for reading and writing (made if absent) and locked; None when
+    another open file holds the lock. Retries if the file was renamed or removed between
+    the open and the lock, so the lock held is always on the file the name points to."""
+    for _ in range(10):
+        f = open(path, "a+b")  # noqa: SIM115 - returned open, or closed here
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return f
+        f.close()
+    return None
+
+
+def _hash_file(f: BinaryIO) -> tuple[_Hash, int]:
+    """The sha256 of the bytes in ``f`` and their count."""
+    hasher, size = hashlib.sha256(), 0
+    f.seek(0)
+    while chunk := f.read(_COPY_CHUNK):
+        hasher.update(chunk)
+        size += len(chunk)
+    return hasher, size
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so readers see the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".tmp-{secrets.token_hex(8)}"
+    temp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
     try:
-        with open(temp, "xb") as f:
+        with full_disk_is_storage_full(str(path.name)), open(temp, "xb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

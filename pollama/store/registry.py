@@ -12,7 +12,11 @@ when ``insecure``) as repository ``namespace/model``:
 
 A pull streams each blob into the store (hashed as it arrives, verified, renamed into
 place) and writes the manifest last, so a pull that fails leaves no model behind, only
-verified blobs that a later pull reuses and pruning removes. Every request has a
+verified blobs that a later pull reuses and pruning removes. A blob cut off midway (the
+registry died, the connection dropped, the client went away) keeps its bytes in a
+resumable file (``BlobStore.open_download``); the next pull asks for the rest with
+``Range: bytes=<held>-`` and appends a ``206`` answer, or starts over on a ``200``.
+Its progress starts at the bytes held and never goes back. Every request has a
 timeout: a registry that cannot be reached fails the pull within the connect timeout.
 A ``401`` with a ``Bearer`` challenge is answered once with a token from the realm it
 names, the way Docker registries expect.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -33,6 +38,7 @@ from typing import Any
 import httpx
 
 from pollama.errors import DigestMismatch, ModelNotFound, RegistryError
+from pollama.store.blobs import BlobDownload
 from pollama.store.disk import Store
 from pollama.store.manifest import (
     MANIFEST_MEDIA_TYPE,
@@ -43,6 +49,8 @@ from pollama.store.manifest import (
 )
 from pollama.store.names import ModelName
 from pollama.store.progress import Progress, reports_from
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 """Connect within 10 s; then no read, write or pool wait may stall for over 60 s."""
@@ -175,20 +183,64 @@ class _Session:
 
     async def _download(self, store: Store, layer: Layer, report: Report) -> None:
         status = f"pulling {short_digest(layer.digest)}"
-        if store.has_blob(layer.digest):
+        download = None
+        if not store.has_blob(layer.digest):
+            download = await asyncio.to_thread(store.open_download, layer.digest)
+        if download is None:
             report(Progress(status, layer.digest, layer.size, layer.size))
             return
-        report(Progress(status, layer.digest, layer.size, 0))
         what = f"pull model: {status}"
-        meter = _Meter(report, status, layer)
-        with self._translated(what):
-            async with self._open("GET", f"{self.repository}/blobs/{layer.digest}") as response:
-                await self._expect(response, what, 200)
-                try:
-                    await store.write_blob(layer.digest, meter.count(response.aiter_bytes()))
-                except DigestMismatch as exc:
-                    raise RegistryError(f"{what}: {exc}") from None
+        with download, self._translated(what):
+            if download.offset > layer.size or (
+                download.offset == layer.size and not download.matches()
+            ):
+                download.restart()  # longer than the blob, or all of it but wrong
+            meter = _Meter(report, status, layer)
+            if download.offset < layer.size:
+                await self._fetch(download, layer, meter, what)
+            try:
+                await download.commit()
+            except DigestMismatch as exc:
+                raise RegistryError(f"{what}: {exc}") from None
         meter.finish()
+
+    async def _fetch(self, download: BlobDownload, layer: Layer, meter: _Meter, what: str) -> None:
+        """The blob's bytes after those ``download`` holds, appended to it."""
+        url = f"{self.repository}/blobs/{layer.digest}"
+        # Identity: a Range counts the bytes as stored, not as some encoding of them.
+        headers = {"Accept-Encoding": "identity"}
+        if download.offset:
+            headers["Range"] = f"bytes={download.offset}-"
+        async with self._open("GET", url, headers=headers) as response:
+            if response.status_code == 416 and "Range" in headers:
+                # The registry will not serve what we asked for: start over next time.
+                download.discard()
+            await self._expect(response, what, 200, 206)
+            start = _range_start(response, layer.size)
+            if start is None or start not in (0, download.offset):
+                download.discard()
+                raise RegistryError(f"{what}: {self.host} answered an unusable byte range")
+            if start == 0:
+                download.restart()  # a 200: the whole blob, whatever we asked for
+            if start:
+                log.info(
+                    "resuming blob download: host=%s digest=%s offset=%d size=%d",
+                    self.host,
+                    layer.digest,
+                    start,
+                    layer.size,
+                )
+            meter.start_at(start)
+            try:
+                async for chunk in meter.count(response.aiter_bytes()):
+                    download.write(chunk)
+            except _TooLarge as exc:
+                download.discard()
+                raise RegistryError(f"{what}: {exc}") from None
+        if download.offset < layer.size:
+            raise RegistryError(
+                f"{what}: {self.host} sent {download.offset} of the blob's {layer.size} bytes"
+            )
 
     # -- push --------------------------------------------------------------------------------
 
@@ -343,6 +395,11 @@ class _Meter:
         self._reported = 0
         self._step = max(int(layer.size * _PROGRESS_STEP), _MIN_PROGRESS_BYTES)
 
+    def start_at(self, done: int) -> None:
+        """The first report: ``done`` bytes are there already (a resumed download)."""
+        self.done = self._reported = done
+        self.report(Progress(self.status, self.layer.digest, self.layer.size, done))
+
     def add(self, n: int) -> None:
         self.done += n
         if self.done - self._reported >= self._step:
@@ -361,12 +418,31 @@ class _Meter:
         registry cannot make us write without end)."""
         async for chunk in chunks:
             if self.done + len(chunk) > self.layer.size:
-                raise RegistryError(
-                    f"pull model: blob {self.layer.digest} is larger than the "
+                raise _TooLarge(
+                    f"blob {self.layer.digest} is larger than the "
                     f"{self.layer.size} bytes its manifest says"
                 )
             yield chunk
             self.add(len(chunk))
+
+
+class _TooLarge(Exception):
+    """A blob that goes on past the size its manifest gives."""
+
+
+def _range_start(response: httpx.Response, size: int) -> int | None:
+    """Where the body starts in the blob: 0 for a ``200``; for a ``206`` the start of its
+    ``Content-Range: bytes <start>-<end>/<size>``, which must run to the blob's end.
+    None when the range is not one to append."""
+    if response.status_code != 206:
+        return 0
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", ""))
+    if match is None:
+        return None
+    start, end, total = match.groups()
+    if int(end) != size - 1 or total not in ("*", str(size)):
+        return None
+    return int(start)
 
 
 async def _file_chunks(path: Path, meter: _Meter) -> AsyncIterator[bytes]:
