@@ -270,3 +270,43 @@ def test_a_full_disk_during_create_is_507_and_the_store_stays_consistent(tmp_pat
         assert server.post("/api/show", {"model": "smollm2"}).status_code == 200
     finally:
         server.stop()
+
+
+# -- serve killed mid-write -----------------------------------------------------------------
+
+
+def test_serve_killed_during_an_upload_and_a_create_leaves_a_store_that_restarts_clean(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    models = tmp_path / "store"
+    server = Server(tmp_path / "a", OLLAMA_MODELS=str(models))
+    assert server.post("/api/show", {"model": "smollm2"}).status_code == 200
+    data = os.urandom(8 * MiB)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(8):
+            if i == 4:  # half-way: the upload is being written to a partial file
+                assert leftovers(models)
+                server.process.kill()
+            yield data[i * MiB : (i + 1) * MiB]
+
+    with pytest.raises(httpx.HTTPError):
+        server.client.post(f"/api/blobs/{digest}", content=chunks())
+    server.stop()
+    assert any(name.startswith(".partial-") for name in leftovers(models))
+    # A create cut short the same way leaves a manifest written half-way beside the others.
+    half = models / "manifests" / "registry.ollama.ai" / "library" / "smollm2" / ".tmp-5a1e"
+    half.write_bytes(b'{"schemaVersion": 2, "lay')
+    again = Server(tmp_path / "b", OLLAMA_MODELS=str(models), OLLAMA_NOPRUNE="1")
+    try:
+        assert leftovers(models) == []  # removed at start-up, even with OLLAMA_NOPRUNE
+        assert not (models / "blobs" / digest.replace(":", "-")).exists()
+        names = {m["name"] for m in again.client.get("/api/tags").json()["models"]}
+        assert names == {"smollm2:latest"}
+        hi = {"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+        assert again.post("/api/generate", hi).status_code == 200
+    finally:
+        again.stop()

@@ -37,6 +37,9 @@ def serve() -> None:
         # The server's log is where users look for loads, layouts and unloads.
         logging.getLogger("pollama").setLevel(logging.INFO)
     store = Store(settings.models_dir)
+    leftovers = store.remove_leftovers()  # what a crash left half-written: never a model
+    if leftovers:
+        log.info("removed what an interrupted write left: files=%s", ",".join(leftovers))
     if not settings.noprune:
         removed = store.prune()
         if removed:

@@ -23,7 +23,7 @@ from typing import Any
 from pollama.demo import DEMO_MODEL_NAME, demo_model_path
 from pollama.errors import InvalidModelName, ModelNotFound
 from pollama.ggufmeta import read_model
-from pollama.store.blobs import BLOB_FILE, BlobStore, atomic_write
+from pollama.store.blobs import BLOB_FILE, TEMP_PREFIX, BlobStore, atomic_write
 from pollama.store.create import LayerPlan, plan_layers
 from pollama.store.manifest import (
     ADAPTER,
@@ -180,6 +180,16 @@ class Store(BlobStore):
         found.path.unlink()
         self._remove_empty_dirs(found.path.parent)
 
+    def remove_leftovers(self) -> list[str]:
+        """What a write cut short leaves (by a crash, SIGKILL, power loss): partial blobs
+        and manifests written half-way. Run at start-up, whatever OLLAMA_NOPRUNE says:
+        these are never models. Returns the removed file names."""
+        removed = self.remove_stale_partials()
+        for path in sorted(self.manifests_dir.rglob(f"{TEMP_PREFIX}*")):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+        return removed
+
     def prune(self, *, keep_newer_than: float = 0.0) -> list[str]:
         """Remove blobs no manifest references and partial files no write here owns.
 
@@ -188,7 +198,7 @@ class Store(BlobStore):
         its manifest survives a prune run meanwhile. If any manifest cannot be read, no
         blob is removed: its references are unknown.
         """
-        removed = self.remove_stale_partials()
+        removed = self.remove_leftovers()
         referenced: set[str] = set()
         for name, path in list(self.names()):
             try:
