@@ -16,6 +16,7 @@ import httpx
 import psutil
 import pytest
 from gguf_files import write_gguf
+from oci_registry import Registry
 from serving import Server
 
 from pollama.demo import demo_model_path
@@ -310,3 +311,30 @@ def test_serve_killed_during_an_upload_and_a_create_leaves_a_store_that_restarts
         assert again.post("/api/generate", hi).status_code == 200
     finally:
         again.stop()
+
+
+def test_a_full_disk_during_a_pull_fails_clearly_and_shows_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    try:
+        name = f"{registry.host}/library/demo:v1"
+        assert (
+            server.post("/api/copy", {"source": "smollm2", "destination": name}).status_code == 200
+        )
+        pushed = server.post("/api/push", {"model": name, "insecure": True, "stream": False})
+        assert pushed.status_code == 200, pushed.text
+        (tmp_path / "full").mkdir()
+        full = Server(tmp_path / "full", file_size_limit=32 * MiB)  # the model is 98 MiB
+        try:
+            pulled = full.post("/api/pull", {"model": name, "insecure": True, "stream": False})
+            assert pulled.status_code == 507, pulled.text
+            assert "out of space" in pulled.json()["error"]
+            assert name not in {m["name"] for m in full.client.get("/api/tags").json()["models"]}
+            blobs = list((full.models / "blobs").glob("sha256-*"))
+            assert all(b.stat().st_size < 32 * MiB for b in blobs)  # no blob at all of it
+            assert [p.name for p in full.models.rglob("*") if p.name.startswith(".partial-")] == []
+        finally:
+            full.stop()
+    finally:
+        registry.stop()
