@@ -231,9 +231,10 @@ def _lex_quoted(src: str, i: int, line: int) -> tuple[_Tok, int]:
             raise _fail(line, "unterminated raw quoted string")
         return _Tok("lit", src[i + 1 : end]), end + 1
     match = _CHAR.match(src, i)
-    if match is None:
+    char = _unquote(match.group(1), line) if match else ""
+    if match is None or len(char) != 1:  # '\n\n' matches, but is two characters
         raise _fail(line, "bad character constant")
-    return _Tok("lit", ord(_unquote(match.group(1), line))), match.end()
+    return _Tok("lit", ord(char)), match.end()
 
 
 def _lex_name(src: str, i: int, line: int) -> tuple[_Tok, int]:

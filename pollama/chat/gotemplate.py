@@ -186,7 +186,7 @@ class _Machine:
                 if truthy(result) != (first.name == "and"):
                     break
             return result
-        return FUNCTIONS[first.name](*(self.arg(a, dot) for a in rest), *final)
+        return _call(first.name, [*(self.arg(a, dot) for a in rest), *final])
 
     def lazy_args(self, args: tuple[Arg, ...], dot: Any, final: tuple[Any, ...]) -> Iterator[Any]:
         for arg in args:
@@ -205,10 +205,19 @@ class _Machine:
         elif isinstance(arg, Sub):
             value, names = self.pipe(arg.pipe, dot), arg.fields
         else:  # a function named as an argument is called without arguments
-            return FUNCTIONS[arg.name]()
+            return _call(arg.name, [])
         for name in names:
             value = field(value, name)
         return value
+
+
+def _call(name: str, args: list[Any]) -> Any:
+    """A template function called as the template says: a wrong number or kind of
+    arguments (``{{ json }}``, ``{{ printf 1 }}``) is the template's error, as in Go."""
+    try:
+        return FUNCTIONS[name](*args)
+    except TypeError:
+        raise InvalidTemplate(f"template: wrong number or type of args for {name}") from None
 
 
 # -- Ollama's tree walks ---------------------------------------------------------------------

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
@@ -136,7 +137,8 @@ class ChatTemplate:
         """
         think = extra.pop("think", None)
         if self._go is not None:
-            return self._go.render(messages, tools=tools, think=think)
+            with _within_pythons_limits():
+                return self._go.render(messages, tools=tools, think=think)
         if think is not None:
             extra.setdefault("think", think)
             extra.setdefault("enable_thinking", think)
@@ -160,7 +162,8 @@ class ChatTemplate:
         """A fill-in-the-middle prompt: the text before (``prompt``) and after (``suffix``)
         the gap. Only for templates that read ``suffix`` (supports_insert)."""
         if self._go is not None:
-            return self._go.render((), prompt=prompt, suffix=suffix)
+            with _within_pythons_limits():
+                return self._go.render((), prompt=prompt, suffix=suffix)
         variables = {
             "prompt": prompt,
             "suffix": suffix,
@@ -176,13 +179,28 @@ class ChatTemplate:
         return render_bounded(self._jinja, variables)
 
 
+@contextmanager
+def _within_pythons_limits() -> Iterator[None]:
+    """A template nested thousands deep exhausts Python's recursion limit while it is
+    parsed, compiled or run: the template's fault, so an InvalidTemplate like any other."""
+    try:
+        yield
+    except RecursionError:
+        raise InvalidTemplate("template is nested too deeply") from None
+
+
 @lru_cache(maxsize=64)
 def _compile(source: str, syntax: Syntax) -> ChatTemplate:
     """Compiling costs milliseconds and every request needs its model's template: cache
     by source (a ChatTemplate is immutable, so sharing one is safe)."""
-    if syntax == "go":
-        program = GoTemplate.parse(source)
-        return ChatTemplate(source, "go", program.identifiers, _go=program)
+    with _within_pythons_limits():
+        if syntax == "go":
+            program = GoTemplate.parse(source)
+            return ChatTemplate(source, "go", program.identifiers, _go=program)
+        return _compile_jinja(source)
+
+
+def _compile_jinja(source: str) -> ChatTemplate:
     env = _environment()
     try:
         tree = env.parse(source)
@@ -191,6 +209,10 @@ def _compile(source: str, syntax: Syntax) -> ChatTemplate:
     except jinja2.TemplateSyntaxError as exc:
         raise InvalidTemplate(f"template line {exc.lineno}: {exc.message}") from None
     except jinja2.TemplateError as exc:
+        raise InvalidTemplate(f"template does not compile: {exc}") from None
+    except (SyntaxError, ValueError) as exc:
+        # Python's own limits on the code Jinja writes (blocks nested over 20 deep) and
+        # on the literals it reads (integers over 4300 digits).
         raise InvalidTemplate(f"template does not compile: {exc}") from None
     return ChatTemplate(source, "jinja", frozenset(variables), _jinja=compiled)
 

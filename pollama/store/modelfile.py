@@ -13,13 +13,15 @@ later in a line is part of the value). A value is the rest of the line
 (surrounding whitespace dropped), or ``\"\"\"``-quoted (verbatim, may span
 lines, cannot contain ``\"\"\"``), or ``"``-quoted (may span lines; ``\\"`` and
 ``\\\\`` are escapes, any other backslash is literal so Windows paths work).
-Windows line endings are read as ``\\n``. ``render`` picks, per value, a form
-that reads back to the same value.
+Windows line endings (carriage returns before a newline) are read as ``\\n``.
+``render`` picks, per value, a form that reads back to the same value.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
 MESSAGE_ROLES = ("system", "user", "assistant")
 _COMMANDS = ("FROM", "PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "LICENSE", "MESSAGE")
 _TRIPLE = '"""'
+# CRLF, and any run of carriage returns before a newline: no value can end a line with
+# one, or it could not be rendered back (a "\r\n" in it would be read as "\n").
+_LINE_END = re.compile(r"\r+\n")
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class Modelfile:
 
 def parse_modelfile(text: str) -> Modelfile:
     """Parse Modelfile text; InvalidModelfile naming the line for anything wrong."""
-    lines = text.replace("\r\n", "\n").split("\n")
+    lines = _LINE_END.sub("\n", text).split("\n")
     from_: str | None = None
     from_line = 0
     texts: dict[str, str] = {}  # TEMPLATE, SYSTEM: a later one replaces an earlier one
@@ -99,10 +104,7 @@ def parse_modelfile(text: str) -> Modelfile:
                 raise InvalidModelfile(f"{where}: a second FROM (the first is line {from_line})")
             from_, from_line = value, lineno
         elif command == "PARAMETER":
-            try:
-                parameters.append((name.lower(), parse_parameter(name.lower(), value)))
-            except InvalidOption as exc:
-                raise InvalidModelfile(f"{where}: {exc}") from None
+            parameters.append(_parameter(name, value, where))
         elif command == "MESSAGE":
             if name.lower() not in MESSAGE_ROLES:
                 raise InvalidModelfile(
@@ -124,6 +126,17 @@ def parse_modelfile(text: str) -> Modelfile:
         licenses=tuple(lists["LICENSE"]),
         messages=tuple(messages),
     )
+
+
+def _parameter(name: str, value: str, where: str) -> tuple[str, ParameterValue]:
+    key = name.lower()
+    try:
+        typed = parse_parameter(key, value)
+    except InvalidOption as exc:
+        raise InvalidModelfile(f"{where}: {exc}") from None
+    if isinstance(typed, float) and not math.isfinite(typed):  # "1e999": JSON cannot carry it
+        raise InvalidModelfile(f"{where}: {value!r} for parameter '{key}' is not a finite number")
+    return key, typed
 
 
 def modelfile_for(resolved: ResolvedModel) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ from pollama.scheduler.keepalive import parse_keep_alive
 
 router = APIRouter()
 NDJSON = "application/x-ndjson"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 B = TypeVar("B", bound=BaseModel)
 
 
@@ -139,14 +141,33 @@ async def parse_body(request: Request, kind: type[B]) -> B:
         data = json.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
+    _check_strings(data)
     try:
         return kind.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise BadRequest(f"{where}: {first['msg']}" if where else first["msg"]) from None
+
+
+def _check_strings(data: object) -> None:
+    """Refuse a lone surrogate (``"\\ud800"``): JSON can escape one, but it is not text,
+    and nothing downstream (the runner's wire, a UTF-8 file in the store) can encode it."""
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                raise BadRequest("invalid JSON: a string holds an unpaired UTF-16 surrogate")
+        elif isinstance(item, dict):
+            pending += item.keys()
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
 
 
 def keep_alive_of(value: object) -> float | None:
