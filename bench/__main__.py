@@ -2,6 +2,7 @@
 
 python -m bench compare    # pollama vs llama-server vs llama-cpp-python vs the raw engine
 python -m bench cpu_path   # llama.cpp's extra CPU buffer types on vs off (bench.cpu_path)
+python -m bench soak       # N clients for M minutes: failures, latency, leaks (bench.soak)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 COMMANDS = {
     "compare": "bench.compare.cli",
     "cpu_path": "bench.cpu_path",
+    "soak": "bench.soak",
 }
 
 
