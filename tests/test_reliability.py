@@ -210,6 +210,28 @@ def test_a_runner_that_cannot_load_its_model_is_one_clear_error_per_request(
     assert Path(log).read_text().count("starting runner") - before == 2
 
 
+def test_a_runner_that_cannot_start_is_one_clear_error_per_request(tmp_path: Path) -> None:
+    # A broken environment: the engine's shared library cannot be loaded, so the runner
+    # process dies while it starts (the server itself never imports the engine).
+    broken = tmp_path / "broken" / "llama_cpp"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(
+        'raise OSError("libllama.so: cannot open shared object file")\n'
+    )
+    server = Server(tmp_path, PYTHONPATH=str(broken.parent))
+    try:
+        body = {"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+        for _ in range(2):
+            reply = server.post("/api/generate", body)
+            assert reply.status_code == 500
+            assert "libllama.so: cannot open shared object file" in reply.json()["error"]
+        assert server.client.get("/api/tags").status_code == 200  # and still serving
+        log = (tmp_path / "serve.log").read_text()
+        assert log.count("starting runner") == 2  # one start per request, no storm
+    finally:
+        server.stop()
+
+
 def test_a_huge_header_is_431_and_the_server_keeps_serving(server: Server) -> None:
     # llhttp buffers a header of any size; the server stops reading at 64 KiB.
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
