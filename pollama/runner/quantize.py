@@ -63,7 +63,9 @@ def _exit_with_parent() -> None:
     """Leave when the server is gone: its end of our stdin closes, however it died."""
 
     def watch() -> None:
-        while sys.stdin.buffer.read(4096):
+        # The raw fd, not sys.stdin: a daemon thread blocked inside the buffered reader
+        # holds its lock, and the interpreter aborts on it when the main thread exits.
+        while os.read(0, 4096):
             pass
         os._exit(3)
 
