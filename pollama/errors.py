@@ -19,6 +19,7 @@
     ├── StorageFull                 the model store's disk is full (HTTP 507)
     ├── InvalidDeviceSpec           a simulated-GPU spec that does not parse
     ├── RegistryError               a registry that cannot be reached or refuses a pull/push
+    ├── QuantizeFailed              llama.cpp's quantizer failed or was killed (HTTP 500)
     ├── InvalidFormat               a ``format`` that is neither "json" nor a JSON schema
     │   └── UnsupportedSchema       a schema using a keyword no grammar can enforce
     ├── RunnerError                 the runner failed this request (it may still be alive)
@@ -157,6 +158,11 @@ class RegistryError(PollamaError):
     """A pull or push that failed at the registry: unreachable, timed out, refused, or
     answered with something unusable (HTTP 502: the upstream failed). The message says
     which step failed, as ``pull model manifest: cannot reach registry.ollama.ai: ...``."""
+
+
+class QuantizeFailed(PollamaError):
+    """The quantizer child process failed or was killed; the message says how. A fault
+    on the server's side (HTTP 500): the request was checked before it started."""
 
 
 class InvalidFormat(PollamaError):

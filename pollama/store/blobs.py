@@ -5,7 +5,8 @@ so the final rename is atomic), is hashed as it is written, fsynced, checked
 against the digest it claims, and only then renamed into place. Readers thus
 see either no blob or a complete, verified one; a cancelled or failed upload
 removes its partial file on the way out, and ``Store.prune`` removes any a
-crash left behind.
+crash left behind. A file another process writes (the quantizer child) gets the same
+treatment: ``file_to_fill`` hands it out, ``adopt`` hashes it and renames it into place.
 
 A blob pulled from a registry is written instead to ``.resumable-sha256-<hex>``
 (see ``BlobStore.open_download``): a name derived from the digest, so a pull that
@@ -159,6 +160,34 @@ class BlobStore:
         else:
             with full_disk_is_storage_full(f"a copy of {path}"):
                 self._commit(f, partial, final)
+        return digest
+
+    @contextlib.contextmanager
+    def file_to_fill(self) -> Iterator[Path]:
+        """An empty partial file in ``blobs/`` for another writer (a child process) to fill:
+        spared by prune while in use, removed on the way out (``adopt`` it to keep it)."""
+        partial, f = self._open_partial()
+        f.close()
+        try:
+            yield partial
+        finally:
+            partial.unlink(missing_ok=True)
+            self._writing.discard(partial)
+
+    def adopt(self, partial: Path) -> str:
+        """A filled partial file, hashed, made durable and renamed into place; its digest.
+        The same bytes stored already: the partial file is dropped and the blob kept."""
+        with open(partial, "r+b") as f:
+            hasher, _ = _hash_file(f)
+            digest = "sha256:" + hasher.hexdigest()
+            final = self.blob_path(digest)
+            if final.is_file():
+                partial.unlink(missing_ok=True)
+                return digest
+            with full_disk_is_storage_full(f"blob {digest}"):
+                os.fsync(f.fileno())
+        os.replace(partial, final)
+        fsync_dir(final.parent)
         return digest
 
     def open_download(self, digest: str) -> BlobDownload | None:

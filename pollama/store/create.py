@@ -58,26 +58,27 @@ def plan_layers(
     adapters: Sequence[str],
     report: Callable[[str], None],
 ) -> LayerPlan:
-    """The layers and config of a model built from ``model_blob`` or ``base``.
+    """The layers and config of a model built from ``model_blob`` or ``base``, or from
+    both: ``base``'s layers with ``model_blob`` as its weights (a quantized copy).
 
     ``base`` is the base model's manifest and config blob; ``base_params`` its params.
     """
-    if (model_blob is None) == (base is None):
+    if model_blob is None and base is None:
         raise InvalidModelfile("a model is created from either a GGUF file or an existing model")
     small = _SmallLayers(blobs)
+    layers: list[Layer] = list(base[0].layers) if base else []
+    config: Mapping[str, Any] = base[1] if base else {}
     if model_blob is not None:
         report("parsing GGUF")
         model_layer, gguf = _gguf_layer(blobs, MODEL, model_blob)
-        layers = [model_layer]
-        config: Mapping[str, Any] = gguf_config(
+        layers = [model_layer] + _without(layers, MODEL)
+        described = gguf_config(
             family=gguf.architecture,
             parameter_size=gguf.parameter_size,
             file_type=gguf.file_type,
             layers=(),
         )
-    else:
-        assert base is not None  # one of the two, checked above
-        layers, config = list(base[0].layers), base[1]
+        config = {**config, **described}
     if projector_blob is not None:
         layers = _without(layers, PROJECTOR) + [_gguf_layer(blobs, PROJECTOR, projector_blob)[0]]
     if adapters:

@@ -244,7 +244,8 @@ class Store(BlobStore):
 
         The weights come from either ``model_blob`` (the digest of an uploaded GGUF,
         checked with read_model: InvalidModelFile if it is not one) or ``from_model``
-        (an existing model: ModelNotFound if absent). For each of template, system,
+        (an existing model: ModelNotFound if absent), or both: the existing model's layers
+        with the blob as its weights (a quantized copy). For each of template, system,
         parameters, messages and license: None keeps the base model's layer, an empty
         value removes it, anything else replaces it; parameters are merged over the
         base model's. ``progress`` gets Ollama's status lines.

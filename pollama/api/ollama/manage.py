@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect
 from pollama.api.completion import check_template_size
 from pollama.api.errors import CLIENT_CLOSED_REQUEST
 from pollama.api.ollama.generate import NDJSON, parse_body
+from pollama.api.ollama.quantize import QuantizeJob, plan_quantize, requested_type, run_quantize
 from pollama.api.ollama.types import (
     CopyRequest,
     CreateRequest,
@@ -39,7 +40,7 @@ from pollama.api.ollama.types import (
     rfc3339,
 )
 from pollama.api.state import ServerState
-from pollama.api.streaming import first_and_rest, ndjson
+from pollama.api.streaming import first_and_rest, ndjson, unless_client_leaves
 from pollama.chat.capabilities import capabilities
 from pollama.chat.template import ChatTemplate, template_for
 from pollama.errors import BadRequest, InvalidModelFile, ModelNotFound, PollamaError
@@ -148,25 +149,38 @@ def _template_or_none(gguf: GGUFModel, modelfile_template: str | None) -> ChatTe
 async def create(request: Request) -> Response:
     body = await parse_body(request, CreateRequest)
     state = _state(request)
+    target = requested_type(body.quantize, body.quantization)
     arguments = await _create_arguments(state, body)
+    job = await _quantize_job(state, arguments, target) if target else None
 
-    async def work(report: Callable[[str], None]) -> None:
-        await asyncio.to_thread(state.store.create_model, **arguments, progress=report)
+    async def work(report: Callable[[Progress], None]) -> None:
+        args = arguments
+        if job is not None:  # the quantized copy becomes the model's weights
+            args = {**arguments, "model_blob": await run_quantize(job, state.store, report)}
 
-    async def records() -> AsyncGenerator[Progress, None]:
-        async with aclosing(reports_from(work)) as statuses:
-            async for status in statuses:
-                yield Progress(status)
+        def status(text: str) -> None:
+            report(Progress(text))
 
-    return await _progress_response(records(), body.stream)
+        await asyncio.to_thread(state.store.create_model, **args, progress=status)
+
+    return await _progress_response(reports_from(work), body.stream, request)
+
+
+async def _quantize_job(state: ServerState, arguments: dict[str, Any], target: str) -> QuantizeJob:
+    """The quantize job for the weights the create names (BadRequest if they are not F16,
+    BF16 or F32)."""
+    if arguments.get("model_blob"):
+        source = state.store.blob_path(arguments["model_blob"])
+    else:
+        base = await asyncio.to_thread(state.store.resolve, arguments["from_model"])
+        source = base.model_path
+    return await plan_quantize(source, target)
 
 
 async def _create_arguments(state: ServerState, body: CreateRequest) -> dict[str, Any]:
     """Store.create_model's arguments, every one checked: a bad request fails here, with
     a status, before the progress stream begins."""
     name = ModelName.parse(body.model)
-    if body.quantize:
-        raise BadRequest("quantization is not supported: create from a quantized GGUF file")
     store = state.store
     arguments: dict[str, Any] = {}
     adapter_files = _uploaded(store, body.adapters or {})
@@ -345,8 +359,11 @@ async def push(request: Request) -> Response:
     return await _progress_response(records, body.stream)
 
 
-async def _progress_response(records: AsyncGenerator[Progress, None], stream: bool) -> Response:
-    """NDJSON progress lines; with ``stream: false`` only the final one, as JSON."""
+async def _progress_response(
+    records: AsyncGenerator[Progress, None], stream: bool, request: Request | None = None
+) -> Response:
+    """NDJSON progress lines; with ``stream: false`` only the final one, as JSON. Given
+    the ``request``, a client that leaves before the final line stops the work."""
 
     async def wire() -> AsyncIterator[ProgressResponse]:
         # Closing this (a client gone mid-stream) closes ``records``, which stops its work.
@@ -354,10 +371,16 @@ async def _progress_response(records: AsyncGenerator[Progress, None], stream: bo
             async for progress in records:
                 yield ProgressResponse(**asdict(progress))
 
-    if not stream:
+    async def last() -> ProgressResponse:
         final = ProgressResponse(status="success")
         async for record in wire():
             final = record
+        return final
+
+    if not stream:
+        final = await (unless_client_leaves(request, last()) if request else last())
+        if final is None:
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         return JSONResponse(json.loads(final.model_dump_json(exclude_none=True)))
     first, rest = await first_and_rest(wire())
     return StreamingResponse(ndjson(first, rest), media_type=NDJSON)

@@ -283,6 +283,7 @@ class CreateRequest(_Request):
     parameters: dict[str, Any] | None = None
     messages: list[Message] | None = None
     quantize: str | None = None
+    quantization: str | None = None  # the older name of ``quantize``
     stream: bool = True
 
     _legacy = model_validator(mode="before")(_legacy_name)

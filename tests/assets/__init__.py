@@ -1,0 +1,1 @@
+"""Test assets built from the demo model at test time (no downloads), one module each."""
