@@ -1,0 +1,1 @@
+"""Test assets built from nothing but the gguf writer (and the demo model): no downloads."""
