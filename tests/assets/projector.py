@@ -2,7 +2,7 @@
 
 No small real vision model ships with the project, so the tests build one: a CLIP
 GGUF of the LLaVA kind (``clip.projector_type = mlp``) that mtmd loads and runs for
-real: a 2-block ViT over 64×64 images in 16×16 patches (a class embedding, so 17
+real: a 2-block ViT over 256×256 images in 64×64 patches (a class embedding, so 17
 positions; the LLaVA graph reads the second-to-last block and drops the class
 token), then ``mm.0`` → GELU → ``mm.2`` into the demo model's 576-wide embeddings.
 Weights are random from a fixed seed: its answers mean nothing, but every image
@@ -18,8 +18,12 @@ import numpy as np
 
 TEXT_EMBD = 576
 """SmolLM2-135M's embedding width: what the projector must produce."""
-IMAGE_SIZE = 64
-PATCH_SIZE = 16
+IMAGE_SIZE = 256
+PATCH_SIZE = 64
+# Few, large patches: 16 image tokens keep each test fast, and the compute buffer
+# (mostly the raw image and its patches) is over 1 MiB, where llama.cpp's log, which
+# gives two decimals of MiB, measures it to 0.5%: a 5% check of the estimate means
+# something (at 64×64 pixels it would be 0.07 MiB, ±7% in the log alone).
 IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
 """Embeddings one image becomes: one per patch (the class token is dropped)."""
 VISION_EMBD = 64
