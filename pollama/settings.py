@@ -76,6 +76,11 @@ class Settings:
     """Bytes of one blob upload, streamed to disk (POLLAMA_MAX_BLOB)."""
     max_connections: int = 1024
     """Open connections the server serves at once; more get a 503 (POLLAMA_MAX_CONNECTIONS)."""
+    max_images: int = 16
+    """Images one request may carry; more is a 400 (POLLAMA_MAX_IMAGES)."""
+    max_image_pixels: int = 50_000_000
+    """Pixels one image may have (width × height); more is a 400, and a decompression
+    bomb never gets decoded (POLLAMA_MAX_IMAGE_PIXELS)."""
     api_keys: str = field(default="", repr=False)
     """Keys the server accepts, ``KEY`` or ``KEY:SCOPE`` comma separated (POLLAMA_API_KEYS);
     never shown (``repr=False``)."""
@@ -124,6 +129,8 @@ class Settings:
             max_body=_size(env.get("POLLAMA_MAX_BODY", "")) or cls.max_body,
             max_blob=_size(env.get("POLLAMA_MAX_BLOB", "")) or cls.max_blob,
             max_connections=_int(env, "POLLAMA_MAX_CONNECTIONS", 1024, minimum=1),
+            max_images=_int(env, "POLLAMA_MAX_IMAGES", 16, minimum=0),
+            max_image_pixels=_int(env, "POLLAMA_MAX_IMAGE_PIXELS", 50_000_000, minimum=1),
             api_keys=env.get("POLLAMA_API_KEYS", "").strip(),
             api_keys_file=Path(keys).expanduser()
             if (keys := env.get("POLLAMA_API_KEYS_FILE", "").strip())

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pollama.chat.capabilities import capabilities
+from pollama.chat.capabilities import capabilities, is_vision_projector
 from pollama.chat.template import ChatTemplate, template_for
 from pollama.demo import demo_model_path
 from pollama.errors import ModelNotFound
@@ -76,21 +76,40 @@ def test_insert_when_the_template_reads_a_suffix(template: ChatTemplate):
     assert capabilities(LLAMA, template) == ["completion", "insert"]
 
 
-def test_vision_from_a_projector_or_a_vision_tower_once_images_work():
+def test_vision_from_a_projector_not_from_a_tower_inside_the_model():
+    # llama.cpp reads images only through a projector file: a vision tower inside the
+    # model's own GGUF gives it no eyes.
     gemma = {"general.architecture": "gemma3", "gemma3.vision.block_count": 27}
     assert capabilities(LLAMA, None, has_projector=True, images_work=True) == [
         "completion",
         "vision",
     ]
-    assert capabilities(gemma, None, images_work=True) == ["completion", "vision"]
+    assert capabilities(gemma, None, images_work=True) == ["completion"]
     assert capabilities(LLAMA, None, images_work=True) == ["completion"]
+
+
+def test_a_vision_projector_is_clip_with_a_vision_encoder_and_a_type():
+    clip = {
+        "general.architecture": "clip",
+        "clip.has_vision_encoder": True,
+        "clip.projector_type": "mlp",
+    }
+    assert is_vision_projector(clip)
+    assert is_vision_projector(
+        {**clip, "clip.projector_type": None, "clip.vision.projector_type": "gemma3"}
+    )
+    assert not is_vision_projector({**clip, "clip.has_vision_encoder": False})
+    assert not is_vision_projector({**clip, "clip.projector_type": ""})
+    assert not is_vision_projector({**clip, "general.architecture": "llama"})
+    audio = {"general.architecture": "clip", "clip.has_audio_encoder": True}
+    assert not is_vision_projector(audio)
 
 
 def test_no_vision_while_the_runner_cannot_read_images():
     # Claiming it would tell a client that images are seen, which pollama refuses.
     gemma = {"general.architecture": "gemma3", "gemma3.vision.block_count": 27}
-    assert capabilities(LLAMA, None, has_projector=True) == ["completion"]
-    assert capabilities(gemma, None) == ["completion"]
+    assert capabilities(LLAMA, None, has_projector=True, images_work=False) == ["completion"]
+    assert capabilities(gemma, None, images_work=False) == ["completion"]
 
 
 @pytest.mark.parametrize(

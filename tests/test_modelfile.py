@@ -90,7 +90,7 @@ def test_later_template_and_system_replace_earlier() -> None:
     [
         ("FROM x\nFORM y\n", "line 2: unknown command 'FORM'"),
         ("# only a comment\nSYSTEM hi\n", "no FROM line"),
-        ("FROM x\nFROM y\n", "line 2: a second FROM"),
+        ("FROM x\nFROM y\nFROM z\n", "line 3: a third FROM"),
         ("FROM x\n\nPARAMETER temperature\n", "line 3: PARAMETER needs a name and a value"),
         ("FROM x\nPARAMETER nonsense 1\n", "line 2: unknown parameter 'nonsense'"),
         ("FROM x\nPARAMETER num_ctx 1.5\n", "line 2: invalid int value '1.5'"),

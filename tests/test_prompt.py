@@ -24,6 +24,7 @@ from pollama.chat.prompt import (
 from pollama.chat.template import ChatTemplate, template_for
 from pollama.demo import demo_model_path
 from pollama.ggufmeta import read_model
+from pollama.protocol.wire import IMAGE_MARKER
 
 Message = dict[str, Any]
 Kept = list[Mapping[str, Any]]  # what truncation hands a token counter
@@ -90,15 +91,18 @@ def test_a_last_assistant_message_is_continued(demo: ChatTemplate) -> None:
     assert render_chat(demo, empty).text == render_chat(demo, empty[:-1]).text
 
 
-def test_images_travel_beside_the_text(demo: ChatTemplate) -> None:
+def test_images_travel_beside_the_text_with_a_marker_where_each_goes(demo: ChatTemplate) -> None:
     messages = [
         msg("user", "a", images=["AAAA"]),
         msg("assistant", "b"),
-        msg("user", "c", images=["BB", "CC"]),
+        msg("user", "c [img] d", images=["BB", "CC"]),
     ]
     prompt = render_chat(demo, messages)
     assert prompt.images == ("AAAA", "BB", "CC")
     assert "AAAA" not in prompt.text
+    # Ollama's placement: before the message's text, or at its [img] placeholders.
+    assert im("user", f"{IMAGE_MARKER}a") in prompt.text
+    assert im("user", f"{IMAGE_MARKER}c {IMAGE_MARKER} d") in prompt.text
 
 
 def test_no_template_concatenates_user_and_assistant_contents() -> None:
@@ -110,8 +114,10 @@ def test_no_template_concatenates_user_and_assistant_contents() -> None:
 
 
 def test_raw_passes_the_prompt_through(demo: ChatTemplate) -> None:
-    prompt = generate_prompt(demo, prompt="<|im_start|>user\nx", raw=True, images=["IMG"])
-    assert prompt == Prompt("<|im_start|>user\nx", ("IMG",))
+    prompt = generate_prompt(demo, prompt="<|im_start|>user\nx", raw=True)
+    assert prompt == Prompt("<|im_start|>user\nx", ())
+    with_image = generate_prompt(demo, prompt="<|im_start|>user\nx", raw=True, images=["IMG"])
+    assert with_image == Prompt(f"{IMAGE_MARKER}<|im_start|>user\nx", ("IMG",))
 
 
 def test_generate_uses_the_request_system_over_the_modelfile_one(demo: ChatTemplate) -> None:
@@ -127,7 +133,10 @@ def test_generate_includes_modelfile_messages_unless_given_context() -> None:
     shots = [msg("user", "q"), msg("assistant", "a")]
     with_shots = generate_prompt(CHATML, prompt="Hi", modelfile_messages=shots, images=["I"])
     assert with_shots == Prompt(
-        im("user", "q") + im("assistant", "a") + im("user", "Hi") + "<|im_start|>assistant\n",
+        im("user", "q")
+        + im("assistant", "a")
+        + im("user", f"{IMAGE_MARKER}Hi")
+        + "<|im_start|>assistant\n",
         ("I",),
     )
     resumed = generate_prompt(CHATML, prompt="Hi", modelfile_messages=shots, context="earlier ")

@@ -1,7 +1,8 @@
-"""Fail closed: what pollama accepts on the wire but cannot do yet is a 400 that names it,
-through every API, never silently dropped. Images (native ``images``, OpenAI
-``image_url``, Anthropic ``image`` blocks, Responses ``input_image``), a model created
-with an ADAPTER, a model with a vision projector. In-process tier (``inprocess``)."""
+"""Fail closed: what a model cannot do is a 400 that names it, through every API, never
+silently dropped. Images (native ``images``, OpenAI ``image_url``, Anthropic ``image``
+blocks, Responses ``input_image``) for a model without a vision projector, a model
+created with an ADAPTER. In-process tier (``inprocess``). Images for a vision model:
+``test_images.py``."""
 
 from __future__ import annotations
 
@@ -116,11 +117,15 @@ def message_of(body: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize("api", ["generate", "chat", "openai", "anthropic", "responses"])
-def test_an_image_is_refused_by_name_through_every_api(app: InProcess, api: str) -> None:
+def test_an_image_for_a_text_only_model_is_refused_by_name_through_every_api(
+    app: InProcess, api: str
+) -> None:
     path, body = with_image("smollm2")[api]
     response = app.client.post(path, json={**body, "stream": False})
     assert response.status_code == 400, response.text
-    assert message_of(response.json()) == 'images are not supported yet (model "smollm2:latest")'
+    assert message_of(response.json()) == (
+        '"smollm2:latest" does not support images: it has no vision projector'
+    )
     assert app.runners == []  # refused before anything was loaded
 
 
@@ -159,9 +164,10 @@ def test_a_model_created_with_an_adapter_is_refused_by_name(app: InProcess, tmp_
     assert app.runners == []
 
 
-def test_a_model_with_a_projector_is_refused_and_claims_no_vision(
+def test_a_projector_that_reads_no_images_leaves_the_model_text_only(
     app: InProcess, tmp_path: Path
 ) -> None:
+    # A CLIP GGUF without a vision encoder: mtmd could not read images with it.
     projector = upload(app.client, gguf_bytes(tmp_path, "clip"))
     assert app.client.post("/api/show", json={"model": "smollm2"}).status_code == 200
     model = "sha256:" + app.state.store.resolve("smollm2").model_path.name.removeprefix("sha256-")
@@ -174,7 +180,10 @@ def test_a_model_with_a_projector_is_refused_and_claims_no_vision(
     assert "vision" not in shown["capabilities"]
     for api, (path, body) in plain("seer").items():
         response = app.client.post(path, json={**body, "stream": False})
-        assert response.status_code == 400, (api, response.text)
-        assert "has a vision projector; vision models are not supported yet" in message_of(
-            response.json()
-        )
+        assert response.status_code == 200, (api, response.text)
+    path, body = with_image("seer")["chat"]
+    response = app.client.post(path, json={**body, "stream": False})
+    assert response.status_code == 400, response.text
+    assert message_of(response.json()) == (
+        '"seer:latest" does not support images: it has no vision projector'
+    )

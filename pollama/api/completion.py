@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pollama.api.limits import MAX_MESSAGES, MAX_TEMPLATE
 from pollama.api.metrics import CompletionMeter, Metrics
 from pollama.api.state import ServerState
+from pollama.api.vision import admit_images, message_images, tokens_per_image
 from pollama.chat.capabilities import template_thinks
 from pollama.chat.grammar import grammar_from_format, json_schema_to_grammar
 from pollama.chat.prompt import (
@@ -163,24 +164,13 @@ class GenerateCall(_Common):
     images: Sequence[str] = ()
 
 
-def refuse_unsupported(spec: ModelSpec, *, images: bool = False) -> None:
-    """A 400 naming what pollama would otherwise drop: images, a LoRA adapter, a vision
-    projector. The runner cannot use them yet; answering without them would be wrong
-    in a way the client cannot see."""
-    if images:
-        raise Unsupported(f'images are not supported yet (model "{spec.name}")')
+def refuse_unsupported(spec: ModelSpec) -> None:
+    """A 400 naming what pollama would otherwise drop: a LoRA adapter. The runner cannot
+    use it yet; answering without it would be wrong in a way the client cannot see."""
     if spec.adapters:
         raise Unsupported(
             f'"{spec.name}" was created with an ADAPTER (LoRA); adapters are not supported yet'
         )
-    if spec.projector:
-        raise Unsupported(
-            f'"{spec.name}" has a vision projector; vision models are not supported yet'
-        )
-
-
-def _has_images(messages: Sequence[Mapping[str, Any]]) -> bool:
-    return any(message.get("images") for message in messages)
 
 
 def check_template_size(template: str | None) -> None:
@@ -319,7 +309,8 @@ async def start_chat(state: ServerState, call: ChatCall) -> Run:
     if len(call.messages) > MAX_MESSAGES:
         raise BadRequest(f"too many messages: {len(call.messages)} (at most {MAX_MESSAGES})")
     spec, resolved = await state.model(call.model)
-    refuse_unsupported(spec, images=_has_images(call.messages))
+    refuse_unsupported(spec)
+    await admit_images(state, spec, message_images(call.messages))
     options = validate_options(dict(call.options))
     template = template_for(spec.model, resolved.template)
     tools = call.tools if call.tool_choice != "none" else None
@@ -339,9 +330,11 @@ async def start_chat(state: ServerState, call: ChatCall) -> Run:
             return render_chat(template, kept, tools=tools, bos=bos, eos=eos, think=plan.think)
 
         if call.truncate:
+            per_image = tokens_per_image(spec)
 
             async def count(kept: list[Any]) -> int:
-                return len(await server.tokenize(render(kept).text))
+                images = len(message_images(kept))
+                return len(await server.tokenize(render(kept).text)) + per_image * images
 
             messages = await truncate_chat(messages, count, server.context_length)
         prompt = render(messages)
@@ -361,7 +354,8 @@ async def start_generate(state: ServerState, call: GenerateCall) -> Run:
         raise BadRequest("raw mode does not support template, system, or context")
     check_template_size(call.template)
     spec, resolved = await state.model(call.model)
-    refuse_unsupported(spec, images=bool(call.images))
+    refuse_unsupported(spec)
+    await admit_images(state, spec, call.images)
     options = validate_options(dict(call.options))
     template = template_for(spec.model, call.template or resolved.template)
     plan = _reply_plan(spec.name, None if call.raw else template, call, None, "auto")

@@ -50,6 +50,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pollama.ggufmeta import read_model
 from pollama.memory.placement import estimate_for_layout
 from pollama.memory.types import BackendMemory
 
@@ -263,7 +264,8 @@ def memory_by_device(memory: BackendMemory) -> Iterator[tuple[str, int]]:
 
 def _estimate(runner: LoadedModel, measured: BackendMemory) -> BackendMemory | None:
     try:
-        return estimate_for_layout(runner.spec.model, runner.config, measured)
+        projector = read_model(runner.spec.projector) if runner.spec.projector else None
+        return estimate_for_layout(runner.spec.model, runner.config, measured, projector)
     except Exception:  # a scrape must not fail over one model's figures
         log.warning("no memory estimate for model=%s", runner.name, exc_info=True)
         return None

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from pollama.api.auth import KeyRing
 from pollama.api.metrics import Metrics
+from pollama.chat.capabilities import is_vision_projector
 from pollama.demo import DEMO_MODEL_NAME
-from pollama.errors import ModelNotFound
+from pollama.errors import InvalidModelFile, ModelNotFound
 from pollama.ggufmeta import GGUFModel, read_model
 from pollama.scheduler.loaded import ModelSpec
 from pollama.scheduler.scheduler import Scheduler
@@ -17,6 +21,8 @@ from pollama.settings import Settings
 from pollama.store.disk import Store, ensure_demo
 from pollama.store.names import ModelName
 from pollama.store.resolved import ResolvedModel, model_details
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,20 +45,34 @@ class ServerState:
         if parsed.model.lower() == DEMO_MODEL_NAME and parsed.tag == "latest":
             await asyncio.to_thread(ensure_demo, self.store)
         resolved = await asyncio.to_thread(self.store.resolve, name)
-        gguf = _header(str(resolved.model_path))
+        gguf = header(str(resolved.model_path))
         spec = ModelSpec(
             name=resolved.name.display,
             model=gguf,
             digest=resolved.digest,
             parameters=dict(resolved.parameters),
             adapters=tuple(str(p) for p in resolved.adapter_paths),
-            projector=str(resolved.projector_paths[0]) if resolved.projector_paths else "",
+            projector=await asyncio.to_thread(vision_projector, resolved.projector_paths),
             details=model_details(resolved.config),
         )
         return spec, resolved
 
 
+def vision_projector(paths: Sequence[Path]) -> str:
+    """The model's projector when the runner can read images with it, else "": a projector
+    layer that is no vision projector leaves the model text-only (it claims no vision, and
+    images sent to it are refused by name) rather than failing every load."""
+    if not paths:
+        return ""
+    try:
+        projector = header(str(paths[0]))
+    except InvalidModelFile as exc:
+        log.warning("projector unreadable, model is text-only: path=%s reason=%s", paths[0], exc)
+        return ""
+    return str(paths[0]) if is_vision_projector(projector.metadata) else ""
+
+
 @lru_cache(maxsize=64)
-def _header(path: str) -> GGUFModel:
+def header(path: str) -> GGUFModel:
     # Blobs are content-addressed: a path always holds the same bytes.
     return read_model(path)

@@ -4,8 +4,9 @@
     embedding    it is an embedding model: it says how to pool, or is a BERT-style encoder
     tools        its template reads ``tools``
     insert       its template reads ``suffix`` (fill-in-the-middle)
-    vision       it has a projector, or its GGUF carries a vision encoder, and the runner
-                 can read images (not yet: never reported until it can)
+    vision       it has a vision projector llama.cpp's mtmd can load: a CLIP GGUF with a
+                 vision encoder (a vision tower inside the model's own GGUF is not enough:
+                 llama.cpp reads images only through a projector file)
     thinking     its template reads a thinking flag or a message's reasoning, or writes
                  thinking tags (``<think>``)
 
@@ -65,9 +66,18 @@ def template_thinks(template: ChatTemplate) -> bool:
     )
 
 
-IMAGES_WORK = False
-"""Whether the runner reads images. Until it does, no model claims ``vision``: a client
-must not be told a model sees what pollama would drop (images are refused with a 400)."""
+def is_vision_projector(metadata: Mapping[str, Any]) -> bool:
+    """True for a projector GGUF the runner can read images with: CLIP, with a vision
+    encoder, of a named projector type (what mtmd checks first when it loads one)."""
+    return (
+        metadata.get("general.architecture") == "clip"
+        and metadata.get("clip.has_vision_encoder") is True
+        and bool(metadata.get("clip.projector_type") or metadata.get("clip.vision.projector_type"))
+    )
+
+
+IMAGES_WORK = True
+"""Whether the runner reads images (through a projector, with llama.cpp's mtmd)."""
 
 
 def capabilities(
@@ -78,14 +88,15 @@ def capabilities(
     images_work: bool = IMAGES_WORK,
 ) -> list[str]:
     """The capabilities of a model with this GGUF ``metadata``, chat ``template`` (None when
-    it has none) and, if ``has_projector``, a projector layer; in Ollama's order."""
+    it has none) and, if ``has_projector``, a vision projector (``is_vision_projector``);
+    in Ollama's order."""
     found = [EMBEDDING if is_embedding_model(metadata) else COMPLETION]
     if template is not None:
         if template.supports_tools:
             found.append(TOOLS)
         if template.supports_insert:
             found.append(INSERT)
-    if images_work and (has_projector or has_vision_encoder(metadata)):
+    if images_work and has_projector:
         found.append(VISION)
     if template is not None and template_thinks(template):
         found.append(THINKING)

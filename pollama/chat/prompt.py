@@ -16,8 +16,10 @@ Without a template Ollama renders its default ``{{ .Prompt }}``, which, run over
 conversation, gives the user and assistant contents concatenated in order and
 drops system messages; we do the same with the same Go template.
 
-Images never enter the text: they travel beside it in Prompt.images, in message
-order, untouched (base64 strings), for the runner's multimodal projector.
+Images travel beside the text in Prompt.images, in message order, untouched
+(base64 strings); the text holds one ``IMAGE_MARKER`` where each goes (Ollama's
+placement: before its message's text, or at its ``[img]`` placeholders). The
+runner's projector turns each marker into the image's embeddings.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from pollama.chat.images import place_images
 from pollama.chat.template import ChatTemplate
 from pollama.errors import InsertUnsupported
+from pollama.protocol.wire import IMAGE_MARKER
 
 Message = Mapping[str, Any]
 Tool = Mapping[str, Any]
@@ -48,6 +52,18 @@ def _default_template() -> ChatTemplate:
 
 def _images(messages: Sequence[Message]) -> tuple[str, ...]:
     return tuple(image for m in messages for image in m.get("images") or ())
+
+
+def _with_markers(messages: Sequence[Message]) -> Sequence[Message]:
+    """Each message with images gets a marker per image in its content."""
+    if not any(m.get("images") for m in messages):
+        return messages
+    return [
+        {**m, "content": place_images(m.get("content") or "", len(m["images"]), IMAGE_MARKER)}
+        if m.get("images")
+        else m
+        for m in messages
+    ]
 
 
 def assemble_chat(
@@ -88,7 +104,7 @@ def render_chat(
         if not last.get("tool_calls"):
             messages = messages[:-1]  # an empty reply to continue: a fresh reply
     text = template.render(
-        messages,
+        _with_markers(messages),
         tools=tools,
         continue_final_message=prefill,
         bos_token=bos,
@@ -144,12 +160,13 @@ def generate_prompt(
     """
     pictures = tuple(images)
     if raw:
-        return Prompt(prompt, pictures)
+        return Prompt(place_images(prompt, len(pictures), IMAGE_MARKER), pictures)
     if suffix:
         if template is None or not template.supports_insert:
             raise InsertUnsupported(model)
+        marked = place_images(prompt, len(pictures), IMAGE_MARKER)
         return Prompt(
-            context + template.render_insert(prompt, suffix, bos_token=bos, eos_token=eos), pictures
+            context + template.render_insert(marked, suffix, bos_token=bos, eos_token=eos), pictures
         )
     messages: list[Message] = []
     if system or modelfile_system:

@@ -62,6 +62,10 @@ def create_request(model: str, modelfile: Modelfile, base: Path, put: Upload) ->
         body["from"] = modelfile.from_
     else:
         body["files"] = {source.name: put(source)}
+    if modelfile.projector is not None:  # a second FROM: the vision projector's file
+        projector = local_file(modelfile.projector, base, required=True)
+        assert projector is not None
+        body.setdefault("files", {})[projector.name] = put(projector)
     adapters = {}
     for adapter in modelfile.adapters:
         path = local_file(adapter, base, required=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,13 +15,14 @@ from pollama import devices
 from pollama.demo import resolve_model_path
 from pollama.devices.types import DeviceInfo, SystemInfo
 from pollama.engine.cpu_path import CpuPath
-from pollama.errors import PollamaError
+from pollama.errors import ModelNotFound, PollamaError
 from pollama.ggufmeta import GGUFModel, read_model
 from pollama.memory.layout import LayoutPolicy, format_layers
 from pollama.memory.placement import Placement, plan_placement
-from pollama.memory.types import DeviceMemory
+from pollama.memory.types import DeviceMemory, ProjectorMemory
 from pollama.options.load import LoadOptions, resolve_load_options
 from pollama.settings import Settings
+from pollama.store.disk import Store
 from pollama.units import format_bytes, parse_size
 
 
@@ -60,11 +62,15 @@ def fit(
             "--mmap/--no-mmap", help="Map the file instead of reading it (default: as the server)."
         ),
     ] = None,
+    projector: Annotated[
+        str | None,
+        typer.Option(help="A vision projector GGUF (default: a stored model's own, if any)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     settings = Settings.from_env()
     try:
-        gguf = read_model(resolve_model_path(model))
+        gguf, vision = _model_files(model, projector, settings)
         gpus = devices.parse_gpu_specs(gpu) if gpu else devices.discover_gpus(settings)
         system = _system(ram)
         fa = settings.flash_attention if flash_attention is None else _switch(flash_attention)
@@ -77,7 +83,7 @@ def fit(
             kv_cache_type=kv_cache_type if kv_cache_type is not None else settings.kv_cache_type,
             use_mmap=use_mmap,
         )
-        placement = _place(gguf, asked, system, gpus, settings, require_full=require_full)
+        placement = _place(gguf, asked, system, gpus, settings, require_full, vision)
     except (PollamaError, ValueError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -85,6 +91,10 @@ def fit(
     report = fit_report(str(gguf.path), gguf.architecture, placement, gpus, system)
     report["parameters"] = gguf.parameter_size
     report["quantization"] = gguf.file_type
+    _show(model, report, placement, as_json=as_json)
+
+
+def _show(model: str, report: dict[str, Any], placement: Placement, *, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -100,14 +110,30 @@ def _system(ram: str | None) -> SystemInfo:
     return SystemInfo(max(free, system.total_memory), free, 0, system.thread_count)
 
 
+def _model_files(
+    model: str, projector: str | None, settings: Settings
+) -> tuple[GGUFModel, GGUFModel | None]:
+    """The model's GGUF and its vision projector's: a file path or the demo model, else a
+    model in the store (which brings its own projector unless ``projector`` is given)."""
+    try:
+        path = resolve_model_path(model)
+        stored: Path | None = None
+    except ModelNotFound:
+        resolved = Store(settings.models_dir).resolve(model)
+        path = resolved.model_path
+        stored = resolved.projector_paths[0] if resolved.projector_paths else None
+    vision = Path(projector).expanduser() if projector else stored
+    return read_model(path), read_model(vision) if vision else None
+
+
 def _place(
     gguf: GGUFModel,
     asked: LoadOptions,
     system: SystemInfo,
     gpus: list[DeviceInfo],
     settings: Settings,
-    *,
     require_full: bool,
+    projector: GGUFModel | None,
 ) -> Placement:
     # The CPU path the server's runners would take: it decides whether llama.cpp keeps
     # repacked copies of the CPU's weights.
@@ -119,7 +145,7 @@ def _place(
         spread=settings.sched_spread,
         gpu_overhead=settings.gpu_overhead,
     )
-    return plan_placement(gguf, config, system, gpus, policy)
+    return plan_placement(gguf, config, system, gpus, policy, projector)
 
 
 def _switch(value: Switch) -> bool | None:
@@ -170,9 +196,22 @@ def fit_report(
         "processor": memory.processor(),
         "devices": devices,
         "cpu": cpu,
+        "projector": _projector_figures(memory.projector),
         "total": total,
         "vram": vram,
         "warnings": list(config.warnings),
+    }
+
+
+def _projector_figures(projector: ProjectorMemory | None) -> dict[str, Any] | None:
+    if projector is None:
+        return None
+    where = str(projector.device) if projector.device is not None else "cpu"
+    return {
+        "device": where,
+        "weights": projector.weights,
+        "graph": projector.graph,
+        "total": projector.size,
     }
 
 
@@ -210,15 +249,27 @@ def _print_table(model: str, report: dict[str, Any], placement: Placement) -> No
             format_bytes(dev["free"]),
         )
     cpu = report["cpu"]
+    vision = report["projector"]
+    beside = vision["total"] if vision and vision["device"] == "cpu" else 0
     table.add_row(
         "CPU",
         format_layers(cpu["layers"]),
         format_bytes(cpu["weights"] + cpu["input_weights"]),
         format_bytes(cpu["cache"]),
         format_bytes(cpu["graph"]),
-        format_bytes(cpu["total"]),
+        format_bytes(cpu["total"] - beside),
         format_bytes(cpu["free"]),
     )
+    if vision:
+        table.add_row(
+            f"projector ({vision['device']})",
+            "",
+            format_bytes(vision["weights"]),
+            "",
+            format_bytes(vision["graph"]),
+            format_bytes(vision["total"]),
+            "",
+        )
     console.print(table)
     console.print(
         f"total {format_bytes(report['total'])} · VRAM {format_bytes(report['vram'])} · "

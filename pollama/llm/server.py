@@ -38,7 +38,7 @@ from pollama.errors import (
     RunnerError,
     RunnerHTTPError,
 )
-from pollama.ggufmeta import GGUFModel
+from pollama.ggufmeta import GGUFModel, read_model
 from pollama.llm.load import load_model
 from pollama.llm.process import RunnerProcess, free_port, runner_environment
 from pollama.llm.runner_client import RunnerClient
@@ -221,7 +221,9 @@ class LlamaServer:
         Raises LoadRequiredFull / InsufficientMemory from the layout, LoadError when
         no layout can be allocated, RunnerDied if the runner exits meanwhile.
         """
-        placement = plan_placement(self._model, self._config, system, gpus, policy)
+        path = self._load_request.projector
+        projector = read_model(path) if path else None  # a small header, read once per load
+        placement = plan_placement(self._model, self._config, system, gpus, policy, projector)
         self._memory, self._layout = placement.memory, placement.layout
         log.info(
             "loading model %s: layers=%d requested=%d estimate=%s",

@@ -13,6 +13,8 @@
 - On a CPU-only load with llama.cpp's extra buffer types on, the repacked
   copies of the CPU's weights (``pollama.engine.kernels``) are added to the
   layers that hold them.
+- A vision projector's weights and compute buffer (``pollama.memory.projector``)
+  are in system memory, where the runner keeps it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import gguf
 from pollama.devices.types import DeviceInfo
 from pollama.engine.kernels import extra_bytes, tied_output_bytes
 from pollama.ggufmeta import GGUFModel
+from pollama.memory.projector import projector_memory
 from pollama.memory.types import BackendMemory, DeviceMemory
 from pollama.options.load import LoadConfig
 
@@ -126,8 +129,10 @@ def estimate_memory(
     gpus: Sequence[DeviceInfo] = (),
     *,
     swa_full: bool = False,
+    projector: GGUFModel | None = None,
 ) -> BackendMemory:
-    """The model's memory with every layer on the CPU and an empty entry per GPU."""
+    """The model's memory with every layer on the CPU and an empty entry per GPU (and
+    ``projector``'s, if it has one)."""
     groups = model.layers()
     n_blocks = model.block_count
     n_layers = n_blocks + 1
@@ -166,6 +171,11 @@ def estimate_memory(
         gpus=tuple(DeviceMemory.empty(g.name, g.id, n_layers) for g in gpus),
         tied_output=tied,
         graph_estimate=graph,
+        projector=(
+            projector_memory(projector, flash_attention=config.flash_attention_on)
+            if projector is not None
+            else None
+        ),
     )
 
 

@@ -34,8 +34,9 @@ def plan_placement(
     system: SystemInfo,
     gpus: Sequence[DeviceInfo],
     policy: LayoutPolicy,
+    projector: GGUFModel | None = None,
 ) -> Placement:
-    memory = estimate_memory(model, config, gpus)
+    memory = estimate_memory(model, config, gpus, projector=projector)
     layout = Layout()
     while True:
         previous = layout
@@ -48,12 +49,15 @@ def plan_placement(
 
 
 def estimate_for_layout(
-    model: GGUFModel, config: LoadConfig, measured: BackendMemory
+    model: GGUFModel,
+    config: LoadConfig,
+    measured: BackendMemory,
+    projector: GGUFModel | None = None,
 ) -> BackendMemory:
     """The estimate of ``model`` placed as a runner placed it: each GPU holding the layers
     it holds in ``measured``. (The layout the load started from may differ; this one
     compares like with like, for the metrics' estimated-vs-measured figures.)"""
-    estimate = estimate_memory(model, config)
+    estimate = estimate_memory(model, config, projector=projector)
     n = estimate.n_layers
     gpus = tuple(DeviceMemory.empty(g.name, g.device, n) for g in measured.gpus)
     layout = Layout(

@@ -49,6 +49,20 @@ class DeviceMemory:
 
 
 @dataclass(frozen=True)
+class ProjectorMemory:
+    """A vision projector: its weights and the compute buffer it encodes images in."""
+
+    weights: int
+    graph: int
+    device: DeviceID | None = None
+    """None: system memory (where the runner keeps it)."""
+
+    @property
+    def size(self) -> int:
+        return self.weights + self.graph
+
+
+@dataclass(frozen=True)
 class BackendMemory:
     """The memory of one loaded (or planned) model across the CPU and every GPU."""
 
@@ -62,6 +76,8 @@ class BackendMemory:
     graph_estimate: int = field(default=0, compare=False)
     """The compute graph a device gets once it runs any layer (in an estimate;
     measured figures carry each device's own graph instead)."""
+    projector: ProjectorMemory | None = None
+    """The vision projector loaded beside the model, if any."""
 
     @property
     def n_layers(self) -> int:
@@ -88,17 +104,24 @@ class BackendMemory:
 
     def vram_by_gpu(self, device: DeviceID) -> int:
         gpu = self.gpu(device)
-        return gpu.size if gpu else 0
+        return (gpu.size if gpu else 0) + self._projector_on(device)
 
     def memory_size(self) -> tuple[int, int]:
         """(total, vram) in bytes, as the seed's ``MemorySize`` reports them."""
         vram = sum(g.size for g in self.gpus)
-        return self.input_weights + self.cpu.size + vram, vram
+        projector = self.projector
+        if projector is not None and projector.device is not None:
+            vram += projector.size
+        return self.cpu_total + vram, vram
 
     @property
     def cpu_total(self) -> int:
-        """System memory: input weights + the CPU's layers and graph."""
-        return self.input_weights + self.cpu.size
+        """System memory: input weights + the CPU's layers and graph (+ a projector there)."""
+        return self.input_weights + self.cpu.size + self._projector_on(None)
+
+    def _projector_on(self, device: DeviceID | None) -> int:
+        projector = self.projector
+        return projector.size if projector is not None and projector.device == device else 0
 
     def processor(self) -> str:
         """Where the model runs, as ``ollama ps`` shows it: "100% GPU", "48%/52% CPU/GPU".

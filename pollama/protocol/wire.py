@@ -31,8 +31,12 @@ from typing import Any
 from pollama.devices.types import DeviceID
 from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.memory.layout import GPULayers, Layout
-from pollama.memory.types import BackendMemory, DeviceMemory
+from pollama.memory.types import BackendMemory, DeviceMemory, ProjectorMemory
 from pollama.options.parameters import default
+
+IMAGE_MARKER = "<__media__>"
+"""Where each of a completion's ``images`` goes in its prompt, one marker per image in
+order (the runner gives llama.cpp's projector this marker)."""
 
 
 class ProtocolError(ValueError):
@@ -407,6 +411,8 @@ class RunnerStats:
     """The most sequences any one llama_decode call served."""
     sequences_per_step: dict[int, int]
     """Histogram: number of sequences in a step → steps."""
+    images_encoded: int = 0
+    """Images the projector has encoded (an image the cache still held is not encoded)."""
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -420,6 +426,7 @@ class RunnerStats:
             int(body["tokens_decoded"]),
             int(body["max_sequences_per_step"]),
             {int(k): int(v) for k, v in body["sequences_per_step"].items()},
+            int(body.get("images_encoded", 0)),
         )
 
 
@@ -445,6 +452,7 @@ def memory_to_json(memory: BackendMemory) -> dict[str, Any]:
         "cpu": _device_memory_to_json(memory.cpu),
         "gpus": [_device_memory_to_json(g) for g in memory.gpus],
         "tied_output": memory.tied_output,
+        "projector": _projector_to_json(memory.projector),
     }
 
 
@@ -454,6 +462,29 @@ def memory_from_json(body: Mapping[str, Any]) -> BackendMemory:
         cpu=_device_memory_from_json(body["cpu"]),
         gpus=tuple(_device_memory_from_json(g) for g in body.get("gpus", ())),
         tied_output=int(body.get("tied_output", 0)),
+        projector=_projector_from_json(body.get("projector")),
+    )
+
+
+def _projector_to_json(projector: ProjectorMemory | None) -> dict[str, Any] | None:
+    if projector is None:
+        return None
+    device = projector.device
+    return {
+        "weights": projector.weights,
+        "graph": projector.graph,
+        "device": {"library": device.library, "id": device.id} if device else None,
+    }
+
+
+def _projector_from_json(body: Mapping[str, Any] | None) -> ProjectorMemory | None:
+    if not body:
+        return None
+    device = body.get("device")
+    return ProjectorMemory(
+        weights=int(body["weights"]),
+        graph=int(body["graph"]),
+        device=_device(device) if device else None,
     )
 
 

@@ -74,3 +74,36 @@ class BufferSizes:
 
     def __bool__(self) -> bool:
         return bool(self.sizes)
+
+
+# mtmd's CLIP loader reports its weights as one total and its compute buffer per device:
+#   clip_ctx: CLIP using CPU backend
+#   clip_model_loader: model size:         1.50 MiB
+#   reserve_compute_meta:        CPU compute buffer size =     0.19 MiB
+_CLIP_BACKEND = re.compile(r"CLIP using (?P<backend>\S+) backend")
+_CLIP_MODEL = re.compile(r"\bmodel size:\s+(?P<mib>[0-9.]+) MiB")
+_CLIP_COMPUTE = re.compile(r"(?P<buffer>\S+) compute buffer size =\s+(?P<mib>[0-9.]+) MiB")
+
+
+@dataclass
+class ProjectorBuffers:
+    """What mtmd logged while it loaded a vision projector: its weights, on the device
+    its backend names, and its compute buffers (the last reservation wins: mtmd reserves
+    again without flash attention when a backend cannot do it)."""
+
+    weights: int = 0
+    device: DeviceID | None = None
+    graph: dict[DeviceID | None, int] = field(default_factory=dict)
+    device_map: Mapping[DeviceID, DeviceID] = field(default_factory=dict)
+
+    def feed(self, line: str) -> None:
+        if match := _CLIP_BACKEND.search(line):
+            self.device = self._device(match["backend"])
+        elif match := _CLIP_MODEL.search(line):
+            self.weights = round(float(match["mib"]) * _MIB)
+        elif match := _CLIP_COMPUTE.search(line):
+            self.graph[self._device(match["buffer"])] = round(float(match["mib"]) * _MIB)
+
+    def _device(self, name: str) -> DeviceID | None:
+        device = device_of_buffer(name)
+        return self.device_map.get(device, device) if device is not None else None

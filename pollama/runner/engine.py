@@ -19,6 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import llama_cpp as L
@@ -43,6 +44,7 @@ from pollama.runner.model import ModelLoader, allocation_of, gpus_of, load_confi
 from pollama.runner.slots import admit, fail_all
 from pollama.runner.state import AllocationFailed, EngineError, Loaded, Request, Slot
 from pollama.runner.step import StepStats, step
+from pollama.runner.vision import Vision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,6 +66,7 @@ class Engine:
         self._loaded: Loaded | None = None
         self._loaded_with: LoadRequest | None = None
         self._embedder: Embedder | None = None
+        self._projector: GGUFModel | None = None
         self._status = HealthStatus.LAUNCHED
         self._progress = 0.0
         self._error = ""
@@ -181,7 +184,9 @@ class Engine:
             self._close()
             return LoadResponse(success=True)
         config = load_config(request)
-        placed = place(estimate_memory(self.gguf, config, gpus_of(request)), request.layout)
+        projector = self._projector_header(request.projector)
+        estimate = estimate_memory(self.gguf, config, gpus_of(request), projector=projector)
+        placed = place(estimate, request.layout)
         if request.operation is LoadOperation.FIT:
             return LoadResponse(success=True, memory=self._loader.fit(request, config, placed))
         if self._loaded is not None and self._loaded_with != allocation_of(request):
@@ -199,6 +204,12 @@ class Engine:
         self._status, self._progress, self._error = HealthStatus.LOADING, 0.0, ""
         loaded = self._loader.alloc(request, config, placed)
         self._loaded = loaded
+        if request.projector:  # on failure, load() closes what is here
+            vision = Vision.open(
+                request.projector, loaded.model, config, self._log, self._loader.projector_buffers()
+            )
+            memory = replace(loaded.memory, projector=vision.memory)
+            loaded = self._loaded = replace(loaded, vision=vision, memory=memory)
         self._slots = [Slot(i) for i in range(config.parallel)]
         self._embedder = Embedder(loaded, self._log, embedding_model=self.gguf.is_embedding_model)
         self._loader.warm_up(loaded)  # on failure, load() closes what is here
@@ -215,8 +226,17 @@ class Engine:
             self._embedder.free()
             self._embedder = None
         if loaded is not None:
+            if loaded.vision is not None:
+                loaded.vision.free()
             self._loader.free(loaded)
         self._status, self._progress = HealthStatus.LAUNCHED, 0.0
+
+    def _projector_header(self, path: str) -> GGUFModel | None:
+        if not path:
+            return None
+        if self._projector is None or str(self._projector.path) != path:
+            self._projector = read_model(path)
+        return self._projector
 
     def _require_loaded(self) -> Loaded:
         if self._loaded is None or self._status is not HealthStatus.READY:

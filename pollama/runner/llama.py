@@ -19,7 +19,7 @@ import numpy as np
 from llama_cpp import llama_cpp as _bindings
 
 from pollama.protocol.wire import SamplingOptions
-from pollama.runner.buffers import BufferSizes
+from pollama.runner.buffers import BufferSizes, ProjectorBuffers
 
 LogSink = Callable[[int, str], None]
 
@@ -43,12 +43,17 @@ class LlamaLog:
         self._partial = ""
         self._level = 2
         self._lock = threading.Lock()
-        self.collector: BufferSizes | None = None
+        self.collector: BufferSizes | ProjectorBuffers | None = None
         self.errors: list[str] = []
         """Error lines since the last ``begin()``: the first is usually the specific one
         ("unknown model architecture: …"), later ones generic ("failed to load model")."""
         self._callback = L.llama_log_callback(self._on_log)
         L.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    @property
+    def callback(self) -> Any:
+        """The ctypes callback, for libraries that log on their own (mtmd)."""
+        return self._callback
 
     def begin(self) -> None:
         """Start of an operation whose failure we may need to explain."""

@@ -20,7 +20,7 @@ from pollama.memory.types import BackendMemory
 from pollama.options.load import FlashAttention, LoadConfig
 from pollama.protocol.wire import LoadOperation, LoadRequest
 from pollama.runner import llama
-from pollama.runner.buffers import BufferSizes, visible_devices
+from pollama.runner.buffers import BufferSizes, ProjectorBuffers, visible_devices
 from pollama.runner.crash_hook import crash_if_asked
 from pollama.runner.embedding import EMBED_MAX_SEQS
 from pollama.runner.measure import measured_memory
@@ -84,6 +84,10 @@ class ModelLoader:
                 and L.llama_model_n_swa(model) == 0
             ),
         )
+
+    def projector_buffers(self) -> ProjectorBuffers:
+        """A collector for what mtmd logs while it loads a projector."""
+        return ProjectorBuffers(device_map=self._device_map)
 
     def warm_up(self, loaded: Loaded) -> None:
         """Decode two tokens once, now, and forget them.

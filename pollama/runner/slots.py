@@ -18,6 +18,7 @@ from pollama.runner.sampling import finish
 from pollama.runner.state import EngineError, Generation, Loaded, Request, Slot
 from pollama.runner.text import StreamedText
 from pollama.runner.thinking import Thinking
+from pollama.runner.vision import ImageChunk, is_image, offset_in_image
 
 # A prompt takes its prefix from another sequence's cache only when that saves at
 # least this many tokens: llama.cpp copies a sequence's KV stream whole.
@@ -49,7 +50,9 @@ def admit(
             if ready is None:
                 raise EngineError("model not loaded", status=503)
             if request.tokens is None:
-                request.tokens = prompt_tokens(ready, request.body, generates=generates)
+                request.tokens, request.images = prompt_tokens(
+                    ready, request.body, generates=generates
+                )
         except EngineError as exc:
             waiting.popleft()
             request.emit(exc)
@@ -79,21 +82,27 @@ def fail_all(
         L.llama_memory_clear(L.llama_get_memory(loaded.ctx), True)
 
 
-def prompt_tokens(loaded: Loaded, body: CompletionRequest, *, generates: bool) -> list[int]:
-    """The prompt's tokens, checked, and truncated to the context if asked to."""
+def prompt_tokens(
+    loaded: Loaded, body: CompletionRequest, *, generates: bool
+) -> tuple[list[int], dict[int, ImageChunk]]:
+    """The prompt's tokens (an image as a run of placeholders, ``vision``), checked, and
+    truncated to the context if asked to; and its images by their first placeholder."""
     if not generates:
         raise EngineError("this model does not support generation", status=400)
-    tokens = (
-        list(body.tokens)
-        if body.tokens is not None
-        else loaded.vocab.tokenize(body.prompt, add_special=True)
-    )
-    if body.tokens is not None and any(not 0 <= t < loaded.vocab.size for t in tokens):
-        raise EngineError("token id out of range for this vocabulary", status=400)
+    images: dict[int, ImageChunk] = {}
+    if body.images:
+        if loaded.vision is None:
+            raise EngineError("this model has no vision projector: it cannot read images", 400)
+        tokens, images = loaded.vision.tokenize(body.prompt, body.images)
+    elif body.tokens is not None:
+        tokens = list(body.tokens)
+        if any(not 0 <= t < loaded.vocab.size for t in tokens):
+            raise EngineError("token id out of range for this vocabulary", status=400)
+    else:
+        tokens = loaded.vocab.tokenize(body.prompt, add_special=True)
     if not tokens:
         raise EngineError("empty prompt", status=400)
     n_ctx = loaded.config.num_ctx
-    opts = body.options
     if len(tokens) > n_ctx:
         if not body.truncate:
             raise EngineError(
@@ -101,9 +110,21 @@ def prompt_tokens(loaded: Loaded, body: CompletionRequest, *, generates: bool) -
                 f"({n_ctx} tokens)",
                 status=400,
             )
-        keep = min(max(opts.num_keep, 0), n_ctx - 1)
-        tokens = tokens[:keep] + tokens[len(tokens) - (n_ctx - keep) :]
-    return tokens
+        tokens = _truncate(tokens, min(max(body.options.num_keep, 0), n_ctx - 1), n_ctx)
+    if is_image(tokens[-1]):
+        raise EngineError("the prompt must not end with an image: add text after it", 400)
+    return tokens, images
+
+
+def _truncate(tokens: list[int], keep: int, n_ctx: int) -> list[int]:
+    """The first ``keep`` tokens and as many of the last as fit ``n_ctx``; an image cut
+    by either edge is left out whole."""
+    if keep < len(tokens) and is_image(tokens[keep]):
+        keep -= offset_in_image(tokens[keep])
+    start = len(tokens) - (n_ctx - keep)
+    while start < len(tokens) and is_image(tokens[start]) and offset_in_image(tokens[start]):
+        start += 1
+    return tokens[:keep] + tokens[start:]
 
 
 def _prefix_in_flight(loaded: Loaded, slots: list[Slot], tokens: list[int]) -> bool:
@@ -185,6 +206,8 @@ def _reuse_cache(loaded: Loaded, slots: list[Slot], slot: Slot, tokens: list[int
         slot.cache = lender.cache[:reuse]
     if reuse == len(tokens):
         reuse -= 1  # the last prompt token must be evaluated to get logits
+    if reuse < len(tokens) and is_image(tokens[reuse]):
+        reuse -= offset_in_image(tokens[reuse])  # an image is evaluated whole or not at all
     if not L.llama_memory_seq_rm(mem, slot.index, reuse, -1):
         # Recurrent caches cannot drop a tail; start the sequence afresh.
         L.llama_memory_seq_rm(mem, slot.index, -1, -1)
@@ -201,7 +224,7 @@ def _sampler(
         return llama.SlotSampler(
             loaded.vocab,
             body.options,
-            prompt,
+            [t for t in prompt if not is_image(t)],
             loaded.config.num_ctx,
             grammar=body.grammar,
             armed=not body.think_end,

@@ -50,7 +50,9 @@ class Request:
     emit: Emit
     cancelled: threading.Event = field(default_factory=threading.Event)
     tokens: list[int] | None = None
-    """The prompt as the engine will evaluate it, once tokenized."""
+    """The prompt as the engine will evaluate it, once tokenized (images as placeholders)."""
+    images: dict[int, Any] = field(default_factory=dict)
+    """The prompt's images (``vision.ImageChunk``) by their first placeholder."""
 
 
 @dataclass(eq=False)
@@ -116,3 +118,6 @@ class Loaded:
     """Whether a sequence may start from a copy of another's cache: not for recurrent
     state (it cannot be cut back to a prefix) nor sliding-window caches (which drop
     what a later prompt would need)."""
+    vision: Any = None
+    """The vision projector (``vision.Vision``), when the model was loaded with one (typed
+    loosely: ``vision`` imports this module)."""

@@ -4,7 +4,8 @@ Continuous batching: each step builds one batch from every active slot — one
 token for each generating slot first, then prompt chunks up to ``num_batch``
 — calls ``llama_decode`` once, and samples every slot that asked for logits
 with that slot's own native sampler chain. Requests join and leave between
-steps; a cancelled request frees its slot at the next step.
+steps; a cancelled request frees its slot at the next step. An image due next in a
+slot's prompt is evaluated before the batch is built, on its own (``vision``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import llama_cpp as L
 
 from pollama.protocol.wire import RunnerStats
 from pollama.runner.sampling import finish, sample
-from pollama.runner.state import Generation, Loaded, Slot
+from pollama.runner.state import EngineError, Generation, Loaded, Slot
+from pollama.runner.vision import is_image
 
 
 @dataclass(eq=False)
@@ -27,6 +29,7 @@ class StepStats:
     steps: int = 0
     tokens_decoded: int = 0
     seqs_per_step: Counter[int] = field(default_factory=Counter)
+    images_encoded: int = 0
 
     def to_wire(self) -> RunnerStats:
         counts = dict(self.seqs_per_step)
@@ -35,6 +38,7 @@ class StepStats:
             tokens_decoded=self.tokens_decoded,
             max_sequences_per_step=max(counts, default=0),
             sequences_per_step=counts,
+            images_encoded=self.images_encoded,
         )
 
 
@@ -43,6 +47,7 @@ def step(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
     for slot in slots:
         if slot.gen is not None and slot.gen.request.cancelled.is_set():
             slot.release()
+    _evaluate_images(loaded, slots, stats)
     in_batch = _fill(loaded, slots)
     if not in_batch:
         return
@@ -88,9 +93,9 @@ def _fill(loaded: Loaded, slots: list[Slot]) -> list[tuple[Slot, Generation]]:
             in_batch.append((slot, gen))
     for slot in slots:
         gen = slot.gen
-        if gen is None or not gen.pending or budget <= 0:
+        if gen is None or not gen.pending or budget <= 0 or is_image(gen.pending[0]):
             continue
-        chunk = gen.pending[:budget]
+        chunk = _text_run(gen.pending, budget)
         del gen.pending[: len(chunk)]
         last = not gen.pending
         for i, token in enumerate(chunk):
@@ -101,6 +106,41 @@ def _fill(loaded: Loaded, slots: list[Slot]) -> list[tuple[Slot, Generation]]:
         budget -= len(chunk)
         in_batch.append((slot, gen))
     return in_batch
+
+
+def _text_run(pending: list[int], budget: int) -> list[int]:
+    """The prompt tokens due next, up to ``budget`` and the next image."""
+    run = pending[:budget]
+    for i, token in enumerate(run):
+        if is_image(token):
+            return run[:i]
+    return run
+
+
+def _evaluate_images(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
+    """Every image due next in a prompt, evaluated into its slot's sequence; a failure
+    ends that request only."""
+    for slot in slots:
+        gen = slot.gen
+        while gen is not None and gen.pending and is_image(gen.pending[0]):
+            assert loaded.vision is not None  # prompts with images are admitted only then
+            image = gen.request.images[gen.pending[0]]
+            started = time.perf_counter_ns()
+            try:
+                loaded.vision.evaluate(
+                    loaded.ctx, image, slot.index, len(slot.cache), loaded.config.batch_size
+                )
+            except EngineError as exc:
+                # Whatever part of the image reached the cache is dropped with the request.
+                mem = L.llama_get_memory(loaded.ctx)
+                L.llama_memory_seq_rm(mem, slot.index, len(slot.cache), -1)
+                gen.request.emit(exc)
+                slot.release()
+                break
+            slot.cache.extend(gen.pending[: image.n_tokens])
+            del gen.pending[: image.n_tokens]
+            gen.prompt_ns += time.perf_counter_ns() - started
+            stats.images_encoded += 1
 
 
 def _make_room(loaded: Loaded, slot: Slot, gen: Generation, needed: int) -> bool:

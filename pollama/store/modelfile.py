@@ -1,6 +1,7 @@
 """Modelfiles: parse, render, and the text ``/api/show`` returns.
 
     FROM llama3.2                  a model name or a GGUF path (required, once)
+    FROM ./mmproj.gguf             a second FROM: the model's vision projector (optional)
     PARAMETER temperature 0.7      repeatable; ``stop`` lines accumulate
     TEMPLATE \"\"\"{{ .Prompt }}\"\"\"   the last one wins
     SYSTEM "You are terse."        the last one wins
@@ -48,6 +49,8 @@ _LINE_END = re.compile(r"\r+\n")
 class Modelfile:
     from_: str
     parameters: tuple[tuple[str, ParameterValue], ...] = ()
+    projector: str | None = None
+    """A second FROM: the vision projector's GGUF."""
     """PARAMETER lines in order, values typed (one entry per ``stop`` line)."""
     template: str | None = None
     system: str | None = None
@@ -63,6 +66,8 @@ class Modelfile:
     def render(self) -> str:
         """Modelfile text that ``parse_modelfile`` reads back to this Modelfile."""
         lines = [f"FROM {_quote(self.from_)}"]
+        if self.projector is not None:
+            lines.append(f"FROM {_quote(self.projector)}")
         lines += [f"ADAPTER {_quote(adapter)}" for adapter in self.adapters]
         if self.template is not None:
             lines.append(f"TEMPLATE {_quote(self.template, block=True)}")
@@ -77,8 +82,7 @@ class Modelfile:
 def parse_modelfile(text: str) -> Modelfile:
     """Parse Modelfile text; InvalidModelfile naming the line for anything wrong."""
     lines = _LINE_END.sub("\n", text).split("\n")
-    from_: str | None = None
-    from_line = 0
+    froms: list[str] = []  # the model, then its projector
     texts: dict[str, str] = {}  # TEMPLATE, SYSTEM: a later one replaces an earlier one
     parameters: list[tuple[str, ParameterValue]] = []
     lists: dict[str, list[str]] = {"ADAPTER": [], "LICENSE": []}
@@ -100,9 +104,9 @@ def parse_modelfile(text: str) -> Modelfile:
                 raise InvalidModelfile(f"{where}: {command} needs {what}")
         value, i = _read_value(lines, i, rest, f"{where}: {command}")
         if command == "FROM":
-            if from_line:
-                raise InvalidModelfile(f"{where}: a second FROM (the first is line {from_line})")
-            from_, from_line = value, lineno
+            if len(froms) == 2:
+                raise InvalidModelfile(f"{where}: a third FROM (a model and its projector at most)")
+            froms.append(value)
         elif command == "PARAMETER":
             parameters.append(_parameter(name, value, where))
         elif command == "MESSAGE":
@@ -115,10 +119,11 @@ def parse_modelfile(text: str) -> Modelfile:
             lists[command].append(value)
         else:
             texts[command] = value
-    if from_ is None:
+    if not froms:
         raise InvalidModelfile("no FROM line: a Modelfile must name the model it builds on")
     return Modelfile(
-        from_=from_,
+        from_=froms[0],
+        projector=froms[1] if len(froms) > 1 else None,
         parameters=tuple(parameters),
         template=texts.get("TEMPLATE"),
         system=texts.get("SYSTEM"),
@@ -147,6 +152,7 @@ def modelfile_for(resolved: ResolvedModel) -> str:
             pairs.append((key, item))
     modelfile = Modelfile(
         from_=str(resolved.model_path),
+        projector=str(resolved.projector_paths[0]) if resolved.projector_paths else None,
         parameters=tuple(pairs),
         template=resolved.template,
         system=resolved.system,

@@ -103,7 +103,7 @@ async def show(request: Request) -> Response:
         capabilities=capabilities(
             spec.model.metadata,
             _template_or_none(spec.model, resolved.template),
-            has_projector=bool(resolved.projector_paths),
+            has_projector=bool(spec.projector),
         ),
         modified_at=rfc3339(resolved.modified_at),
     )
@@ -187,11 +187,10 @@ async def _create_arguments(state: ServerState, body: CreateRequest) -> dict[str
     if adapter_files:
         await asyncio.to_thread(_classify, store, adapter_files)  # each must be a GGUF
     adapters = [digest for _, digest in adapter_files]
-    if body.from_ and body.files:
-        raise BadRequest("specify either 'from' or 'files', not both")
     if body.from_:
         _, base = await state.model(body.from_)
         arguments["from_model"] = base.name
+        arguments["projector_blob"] = await _projector_beside(store, body.files or {})
     elif body.files:
         kinds = await asyncio.to_thread(_classify, store, _uploaded(store, body.files))
         models, projectors = kinds["model"], kinds["projector"]
@@ -219,6 +218,17 @@ async def _create_arguments(state: ServerState, body: CreateRequest) -> dict[str
         "license": body.license or None,
         "adapters": tuple(adapters),
     }
+
+
+async def _projector_beside(store: Store, files: Mapping[str, str]) -> str | None:
+    """With ``from``, files may add a vision projector (a Modelfile's second FROM), and
+    nothing else."""
+    if not files:
+        return None
+    kinds = await asyncio.to_thread(_classify, store, _uploaded(store, files))
+    if kinds["model"] or kinds["adapter"] or len(kinds["projector"]) != 1:
+        raise BadRequest("with 'from', files may only hold one vision projector")
+    return kinds["projector"][0]
 
 
 def _uploaded(store: Store, files: Mapping[str, str]) -> list[tuple[str, str]]:
