@@ -19,7 +19,7 @@ import llama_cpp as L
 from pollama.protocol.wire import RunnerStats
 from pollama.runner.sampling import finish, sample
 from pollama.runner.state import EngineError, Generation, Loaded, Slot
-from pollama.runner.vision import is_image
+from pollama.runner.vision import is_image, offset_in_image
 
 
 @dataclass(eq=False)
@@ -155,8 +155,20 @@ def _make_room(loaded: Loaded, slot: Slot, gen: Generation, needed: int) -> bool
         return False
     n_past = len(slot.cache)
     keep = min(max(body.options.num_keep, 0), n_past - 1)
-    discard = (n_past - keep) // 2
+    keep, end = shift_window(slot.cache, keep, keep + (n_past - keep) // 2)
+    discard = end - keep
     L.llama_memory_seq_rm(mem, slot.index, keep, keep + discard)
     L.llama_memory_seq_add(mem, slot.index, keep + discard, n_past, -discard)
     del slot.cache[keep : keep + discard]
     return True
+
+
+def shift_window(cache: list[int], start: int, end: int) -> tuple[int, int]:
+    """Widen ``[start, end)`` so that a context shift drops whole images, never part of
+    one: an image's embeddings only mean something together (llama-server refuses the
+    shift outright with images; dropping the whole image keeps the slot going)."""
+    while 0 < start < len(cache) and is_image(cache[start]) and offset_in_image(cache[start]):
+        start -= 1
+    while end < len(cache) and is_image(cache[end]) and offset_in_image(cache[end]):
+        end += 1
+    return start, end
