@@ -13,6 +13,7 @@
 - On a CPU-only load with llama.cpp's extra buffer types on, the repacked
   copies of the CPU's weights (``pollama.engine.kernels``) are added to the
   layers that hold them.
+- LoRA adapters add their tensors to the layers they adapt (``adapters``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import gguf
 from pollama.devices.types import DeviceInfo
 from pollama.engine.kernels import extra_bytes, tied_output_bytes
 from pollama.ggufmeta import GGUFModel
+from pollama.memory.adapters import with_adapters
 from pollama.memory.types import BackendMemory, DeviceMemory
 from pollama.options.load import LoadConfig
 
@@ -126,8 +128,10 @@ def estimate_memory(
     gpus: Sequence[DeviceInfo] = (),
     *,
     swa_full: bool = False,
+    adapters: Sequence[GGUFModel] = (),
 ) -> BackendMemory:
-    """The model's memory with every layer on the CPU and an empty entry per GPU."""
+    """The model's memory with every layer on the CPU and an empty entry per GPU;
+    ``adapters`` (LoRA GGUFs) add their tensors to the layers they adapt."""
     groups = model.layers()
     n_blocks = model.block_count
     n_layers = n_blocks + 1
@@ -160,13 +164,14 @@ def estimate_memory(
     cache = [*kv_cache_per_layer(model, config, swa_full=swa_full), 0]
     graph = graph_size(model, config)
     cpu_graph = graph + output_buffer(model, config)
-    return BackendMemory(
+    memory = BackendMemory(
         input_weights=input_weights,
         cpu=DeviceMemory("CPU", None, tuple(weights), tuple(cache), graph=cpu_graph),
         gpus=tuple(DeviceMemory.empty(g.name, g.id, n_layers) for g in gpus),
         tied_output=tied,
         graph_estimate=graph,
     )
+    return with_adapters(memory, adapters)
 
 
 def _pad(n: int, to: int) -> int:

@@ -34,8 +34,10 @@ def plan_placement(
     system: SystemInfo,
     gpus: Sequence[DeviceInfo],
     policy: LayoutPolicy,
+    *,
+    adapters: Sequence[GGUFModel] = (),
 ) -> Placement:
-    memory = estimate_memory(model, config, gpus)
+    memory = estimate_memory(model, config, gpus, adapters=adapters)
     layout = Layout()
     while True:
         previous = layout
@@ -48,12 +50,16 @@ def plan_placement(
 
 
 def estimate_for_layout(
-    model: GGUFModel, config: LoadConfig, measured: BackendMemory
+    model: GGUFModel,
+    config: LoadConfig,
+    measured: BackendMemory,
+    *,
+    adapters: Sequence[GGUFModel] = (),
 ) -> BackendMemory:
     """The estimate of ``model`` placed as a runner placed it: each GPU holding the layers
     it holds in ``measured``. (The layout the load started from may differ; this one
     compares like with like, for the metrics' estimated-vs-measured figures.)"""
-    estimate = estimate_memory(model, config)
+    estimate = estimate_memory(model, config, adapters=adapters)
     n = estimate.n_layers
     gpus = tuple(DeviceMemory.empty(g.name, g.device, n) for g in measured.gpus)
     layout = Layout(

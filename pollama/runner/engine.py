@@ -39,7 +39,13 @@ from pollama.protocol.wire import (
 )
 from pollama.runner import llama
 from pollama.runner.embedding import Embedder
-from pollama.runner.model import ModelLoader, allocation_of, gpus_of, load_config
+from pollama.runner.model import (
+    ModelLoader,
+    adapter_headers,
+    allocation_of,
+    gpus_of,
+    load_config,
+)
 from pollama.runner.slots import admit, fail_all
 from pollama.runner.state import AllocationFailed, EngineError, Loaded, Request, Slot
 from pollama.runner.step import StepStats, step
@@ -181,7 +187,10 @@ class Engine:
             self._close()
             return LoadResponse(success=True)
         config = load_config(request)
-        placed = place(estimate_memory(self.gguf, config, gpus_of(request)), request.layout)
+        estimate = estimate_memory(
+            self.gguf, config, gpus_of(request), adapters=adapter_headers(request.lora)
+        )
+        placed = place(estimate, request.layout)
         if request.operation is LoadOperation.FIT:
             return LoadResponse(success=True, memory=self._loader.fit(request, config, placed))
         if self._loaded is not None and self._loaded_with != allocation_of(request):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import llama_cpp as L
 
 from pollama.protocol.wire import RunnerStats
+from pollama.runner.lora import Scales, pick_scales
 from pollama.runner.sampling import finish, sample
 from pollama.runner.state import Generation, Loaded, Slot
 
@@ -27,6 +28,7 @@ class StepStats:
     steps: int = 0
     tokens_decoded: int = 0
     seqs_per_step: Counter[int] = field(default_factory=Counter)
+    lora_switches: int = 0
 
     def to_wire(self) -> RunnerStats:
         counts = dict(self.seqs_per_step)
@@ -35,6 +37,7 @@ class StepStats:
             tokens_decoded=self.tokens_decoded,
             max_sequences_per_step=max(counts, default=0),
             sequences_per_step=counts,
+            lora_switches=self.lora_switches,
         )
 
 
@@ -43,9 +46,14 @@ def step(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
     for slot in slots:
         if slot.gen is not None and slot.gen.request.cancelled.is_set():
             slot.release()
-    in_batch = _fill(loaded, slots)
+    # With adapters, a step decodes the slots of one scale set only (see ``lora``).
+    scales = _scales(loaded, slots) if loaded.adapters else None
+    in_batch = _fill(loaded, slots, scales)
     if not in_batch:
         return
+    if scales is not None:
+        loaded.adapters.use(loaded.ctx, scales)
+        stats.lora_switches = loaded.adapters.switches
     started = time.perf_counter_ns()
     status = loaded.batch.decode(loaded.ctx)
     if status != 0:
@@ -69,8 +77,22 @@ def step(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
         slot.last_used = stats.steps
 
 
-def _fill(loaded: Loaded, slots: list[Slot]) -> list[tuple[Slot, Generation]]:
-    """Build the step's batch: every slot in it, with the request it decodes for."""
+def _scales(loaded: Loaded, slots: list[Slot]) -> Scales | None:
+    """The scale set this step decodes; None when no slot has work."""
+    active = [
+        (slot.gen.scales, slot.last_used)
+        for slot in slots
+        if slot.gen is not None and (slot.gen.next_token is not None or slot.gen.pending)
+    ]
+    adapters = loaded.adapters
+    return pick_scales(active, adapters.current, adapters.held) if active else None
+
+
+def _fill(
+    loaded: Loaded, slots: list[Slot], scales: Scales | None
+) -> list[tuple[Slot, Generation]]:
+    """Build the step's batch: every slot in it, with the request it decodes for; with
+    ``scales``, only the slots that decode with them."""
     batch = loaded.batch
     batch.clear()
     budget = batch.capacity
@@ -79,6 +101,8 @@ def _fill(loaded: Loaded, slots: list[Slot]) -> list[tuple[Slot, Generation]]:
     for slot in slots:
         gen = slot.gen
         if gen is not None and gen.next_token is not None and budget > 0:
+            if scales is not None and gen.scales != scales:
+                continue
             if not _make_room(loaded, slot, gen, 1):
                 continue
             gen.batch_index = batch.add(gen.next_token, len(slot.cache), slot.index, True)
@@ -89,6 +113,8 @@ def _fill(loaded: Loaded, slots: list[Slot]) -> list[tuple[Slot, Generation]]:
     for slot in slots:
         gen = slot.gen
         if gen is None or not gen.pending or budget <= 0:
+            continue
+        if scales is not None and gen.scales != scales:
             continue
         chunk = gen.pending[:budget]
         del gen.pending[: len(chunk)]
