@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pollama.api.limits import MAX_MESSAGES, MAX_TEMPLATE
+from pollama.api.lora import check_lora
 from pollama.api.metrics import CompletionMeter, Metrics
 from pollama.api.state import ServerState
 from pollama.chat.capabilities import template_thinks
@@ -61,6 +62,7 @@ from pollama.protocol.wire import (
     CompletionDone,
     CompletionRequest,
     Logprob,
+    LoraScale,
     SamplingOptions,
 )
 from pollama.scheduler.loaded import Lease, ModelSpec
@@ -143,6 +145,8 @@ class _Common:
     top_logprobs: int = 0
     think_budget: int | None = None
     """Thinking tokens allowed (Anthropic's ``budget_tokens``); None: by ``think``'s level."""
+    lora: tuple[LoraScale, ...] = ()
+    """LoRA adapter scales for this request (``api.lora``); empty: the load scales."""
 
 
 @dataclass(frozen=True)
@@ -164,15 +168,11 @@ class GenerateCall(_Common):
 
 
 def refuse_unsupported(spec: ModelSpec, *, images: bool = False) -> None:
-    """A 400 naming what pollama would otherwise drop: images, a LoRA adapter, a vision
-    projector. The runner cannot use them yet; answering without them would be wrong
-    in a way the client cannot see."""
+    """A 400 naming what pollama would otherwise drop: images, a vision projector. The
+    runner cannot use them yet; answering without them would be wrong in a way the
+    client cannot see. (LoRA adapters are served: ``api.lora``.)"""
     if images:
         raise Unsupported(f'images are not supported yet (model "{spec.name}")')
-    if spec.adapters:
-        raise Unsupported(
-            f'"{spec.name}" was created with an ADAPTER (LoRA); adapters are not supported yet'
-        )
     if spec.projector:
         raise Unsupported(
             f'"{spec.name}" has a vision projector; vision models are not supported yet'
@@ -320,6 +320,7 @@ async def start_chat(state: ServerState, call: ChatCall) -> Run:
         raise BadRequest(f"too many messages: {len(call.messages)} (at most {MAX_MESSAGES})")
     spec, resolved = await state.model(call.model)
     refuse_unsupported(spec, images=_has_images(call.messages))
+    check_lora(spec, call.lora)
     options = validate_options(dict(call.options))
     template = template_for(spec.model, resolved.template)
     tools = call.tools if call.tool_choice != "none" else None
@@ -362,6 +363,7 @@ async def start_generate(state: ServerState, call: GenerateCall) -> Run:
     check_template_size(call.template)
     spec, resolved = await state.model(call.model)
     refuse_unsupported(spec, images=bool(call.images))
+    check_lora(spec, call.lora)
     options = validate_options(dict(call.options))
     template = template_for(spec.model, call.template or resolved.template)
     plan = _reply_plan(spec.name, None if call.raw else template, call, None, "auto")
@@ -442,6 +444,7 @@ def _runner_request(
         grammar=plan.grammar,
         think_end=after,
         think_budget=_budget(call) if after else -1,
+        lora=call.lora,
     )
 
 

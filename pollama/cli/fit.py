@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,11 +17,13 @@ from pollama.devices.types import DeviceInfo, SystemInfo
 from pollama.engine.cpu_path import CpuPath
 from pollama.errors import PollamaError
 from pollama.ggufmeta import GGUFModel, read_model
+from pollama.memory.adapters import adapter_bytes
 from pollama.memory.layout import LayoutPolicy, format_layers
 from pollama.memory.placement import Placement, plan_placement
 from pollama.memory.types import DeviceMemory
 from pollama.options.load import LoadOptions, resolve_load_options
 from pollama.settings import Settings
+from pollama.store.disk import Store
 from pollama.units import format_bytes, parse_size
 
 
@@ -31,7 +34,7 @@ class Switch(StrEnum):
 
 
 def fit(
-    model: Annotated[str, typer.Argument(help="A model name (smollm2) or a GGUF file path.")],
+    model: Annotated[str, typer.Argument(help="A stored model's name or a GGUF file path.")],
     gpu: Annotated[
         list[str] | None,
         typer.Option(
@@ -60,11 +63,14 @@ def fit(
             "--mmap/--no-mmap", help="Map the file instead of reading it (default: as the server)."
         ),
     ] = None,
+    adapter: Annotated[
+        list[Path] | None, typer.Option(help="A LoRA adapter GGUF to count (repeatable).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     settings = Settings.from_env()
     try:
-        gguf = read_model(resolve_model_path(model))
+        gguf, adapters = _model_and_adapters(model, adapter or [], settings)
         gpus = devices.parse_gpu_specs(gpu) if gpu else devices.discover_gpus(settings)
         system = _system(ram)
         fa = settings.flash_attention if flash_attention is None else _switch(flash_attention)
@@ -77,18 +83,35 @@ def fit(
             kv_cache_type=kv_cache_type if kv_cache_type is not None else settings.kv_cache_type,
             use_mmap=use_mmap,
         )
-        placement = _place(gguf, asked, system, gpus, settings, require_full=require_full)
+        placement = _place(gguf, adapters, asked, system, gpus, settings, require_full)
     except (PollamaError, ValueError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
 
-    report = fit_report(str(gguf.path), gguf.architecture, placement, gpus, system)
-    report["parameters"] = gguf.parameter_size
-    report["quantization"] = gguf.file_type
+    report = fit_report(gguf, adapters, placement, gpus, system)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
         _print_table(model, report, placement)
+
+
+def _model_and_adapters(
+    model: str, extra: list[Path], settings: Settings
+) -> tuple[GGUFModel, tuple[GGUFModel, ...]]:
+    """The model a name or path gives, and its LoRA adapters: a stored model's ADAPTER
+    layers (the runner loads them too), then each ``--adapter`` file."""
+    path = Path(model).expanduser()
+    stored: tuple[Path, ...] = ()
+    if path.is_file():
+        model_path = path
+    else:
+        try:
+            resolved = Store(settings.models_dir).resolve(model)
+            model_path, stored = resolved.model_path, resolved.adapter_paths
+        except PollamaError:  # not in the store: the demo model's name, or nothing
+            model_path = resolve_model_path(model)
+    adapters = tuple(read_model(p) for p in (*stored, *extra))
+    return read_model(model_path), adapters
 
 
 def _system(ram: str | None) -> SystemInfo:
@@ -102,11 +125,11 @@ def _system(ram: str | None) -> SystemInfo:
 
 def _place(
     gguf: GGUFModel,
+    adapters: tuple[GGUFModel, ...],
     asked: LoadOptions,
     system: SystemInfo,
     gpus: list[DeviceInfo],
     settings: Settings,
-    *,
     require_full: bool,
 ) -> Placement:
     # The CPU path the server's runners would take: it decides whether llama.cpp keeps
@@ -119,7 +142,7 @@ def _place(
         spread=settings.sched_spread,
         gpu_overhead=settings.gpu_overhead,
     )
-    return plan_placement(gguf, config, system, gpus, policy)
+    return plan_placement(gguf, config, system, gpus, policy, adapters=adapters)
 
 
 def _switch(value: Switch) -> bool | None:
@@ -127,8 +150,8 @@ def _switch(value: Switch) -> bool | None:
 
 
 def fit_report(
-    path: str,
-    architecture: str,
+    gguf: GGUFModel,
+    adapters: tuple[GGUFModel, ...],
     placement: Placement,
     gpus: list[DeviceInfo],
     system: SystemInfo,
@@ -156,8 +179,12 @@ def fit_report(
         "free": system.free_memory,
     }
     return {
-        "model": path,
-        "architecture": architecture,
+        "model": str(gguf.path),
+        "architecture": gguf.architecture,
+        "parameters": gguf.parameter_size,
+        "quantization": gguf.file_type,
+        "adapters": [str(a.path) for a in adapters],
+        "adapter_bytes": adapter_bytes(adapters, gguf.block_count).total,
         "num_ctx": config.num_ctx,
         "parallel": config.parallel,
         "batch_size": config.batch_size,
