@@ -1,7 +1,8 @@
 """Fail closed: what pollama accepts on the wire but cannot do yet is a 400 that names it,
 through every API, never silently dropped. Images (native ``images``, OpenAI
-``image_url``, Anthropic ``image`` blocks, Responses ``input_image``), a model created
-with an ADAPTER, a model with a vision projector. In-process tier (``inprocess``)."""
+``image_url``, Anthropic ``image`` blocks, Responses ``input_image``), a model with a
+vision projector; a model created with an ADAPTER is served. In-process tier
+(``inprocess``)."""
 
 from __future__ import annotations
 
@@ -143,7 +144,9 @@ def gguf_bytes(tmp: Path, arch: str) -> bytes:
     return write_gguf(tmp / f"{arch}.gguf", arch, kv).read_bytes()
 
 
-def test_a_model_created_with_an_adapter_is_refused_by_name(app: InProcess, tmp_path: Path) -> None:
+def test_a_model_created_with_an_adapter_is_served_with_it(app: InProcess, tmp_path: Path) -> None:
+    """Adapters are no longer refused: every API serves the model, and the runner it
+    starts is given the adapter's blob (LoRA itself is tested for real in test_lora)."""
     digest = upload(app.client, gguf_bytes(tmp_path, "llama"))
     created = app.client.post(
         "/api/create",
@@ -152,11 +155,9 @@ def test_a_model_created_with_an_adapter_is_refused_by_name(app: InProcess, tmp_
     assert created.status_code == 200, created.text
     for api, (path, body) in plain("pirate").items():
         response = app.client.post(path, json={**body, "stream": False})
-        assert response.status_code == 400, (api, response.text)
-        assert message_of(response.json()) == (
-            '"pirate:latest" was created with an ADAPTER (LoRA); adapters are not supported yet'
-        )
-    assert app.runners == []
+        assert response.status_code == 200, (api, response.text)
+    (runner,) = app.runners
+    assert [Path(p).name for p in runner.spec.adapters] == [digest.replace(":", "-")]
 
 
 def test_a_model_with_a_projector_is_refused_and_claims_no_vision(
