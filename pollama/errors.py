@@ -67,8 +67,8 @@ class InvalidKeepAlive(BadRequest):
 
 
 class Unsupported(BadRequest):
-    """Something a client may send that pollama cannot do yet (images, LoRA adapters,
-    vision projectors): refused by name, never silently ignored."""
+    """Something a client may send that pollama cannot do yet (images, vision
+    projectors): refused by name, never silently ignored."""
 
 
 class ModelNotFound(PollamaError):
