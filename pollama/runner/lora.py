@@ -88,8 +88,6 @@ class Adapters:
         """The scales set on the main context (None: never set)."""
         self.held = 0
         """Steps in a row the main context has decoded with ``current``."""
-        self.switches = 0
-        """Times the main context's scales changed: how often steps alternated sets."""
 
     def __len__(self) -> int:
         return len(self._handles)
@@ -132,15 +130,16 @@ class Adapters:
     def scales_for(self, requested: Sequence[LoraScale]) -> Scales:
         return request_scales(requested, self.defaults)
 
-    def use(self, ctx: Any, scales: Scales) -> None:
-        """Put ``scales`` on the main context for a step, if they are not on it already."""
+    def use(self, ctx: Any, scales: Scales) -> bool:
+        """Put ``scales`` on the main context for a step, if they are not on it already;
+        whether that changed the scales it had."""
         if scales == self.current:
             self.held += 1
-            return
+            return False
         self.set(ctx, scales)
-        if self.current is not None:
-            self.switches += 1
+        changed = self.current is not None
         self.current, self.held = scales, 1
+        return changed
 
     def set(self, ctx: Any, scales: Scales) -> None:
         """Put ``scales`` on ``ctx`` (llama.cpp leaves out the adapters at 0)."""

@@ -51,9 +51,8 @@ def step(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
     in_batch = _fill(loaded, slots, scales)
     if not in_batch:
         return
-    if scales is not None:
-        loaded.adapters.use(loaded.ctx, scales)
-        stats.lora_switches = loaded.adapters.switches
+    if scales is not None and loaded.adapters.use(loaded.ctx, scales):
+        stats.lora_switches += 1
     started = time.perf_counter_ns()
     status = loaded.batch.decode(loaded.ctx)
     if status != 0:
