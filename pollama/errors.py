@@ -4,8 +4,7 @@
     ├── InvalidModelFile            a model file that is not a usable GGUF
     ├── BadRequest                  a request body that is missing, not JSON, or malformed
     │   ├── InvalidOption           an option or PARAMETER unknown, or of the wrong type
-    │   ├── InvalidKeepAlive        a keep_alive that is neither seconds nor a duration
-    │   └── Unsupported             a feature pollama accepts on the wire but cannot do
+    │   └── InvalidKeepAlive        a keep_alive that is neither seconds nor a duration
     ├── ModelNotFound               a name or path that names no model
     ├── InvalidModelName            a name Ollama's rules reject (or a traversal attempt)
     ├── InvalidDigest               a blob digest that is not sha256:<64 hex>
@@ -65,11 +64,6 @@ class InvalidOption(BadRequest):
 
 class InvalidKeepAlive(BadRequest):
     """A ``keep_alive`` that is neither a number of seconds nor a duration."""
-
-
-class Unsupported(BadRequest):
-    """Something a client may send that pollama cannot do yet (images, LoRA adapters,
-    vision projectors): refused by name, never silently ignored."""
 
 
 class ModelNotFound(PollamaError):

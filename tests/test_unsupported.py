@@ -1,8 +1,8 @@
 """Fail closed: what a model cannot do is a 400 that names it, through every API, never
 silently dropped. Images (native ``images``, OpenAI ``image_url``, Anthropic ``image``
-blocks, Responses ``input_image``) for a model without a vision projector, a model
-created with an ADAPTER. In-process tier (``inprocess``). Images for a vision model:
-``test_images.py``."""
+blocks, Responses ``input_image``) for a model without a vision projector. A model
+created with an ADAPTER is served. In-process tier (``inprocess``). Images for a vision
+model: ``test_images.py``; adapters: ``test_lora.py``."""
 
 from __future__ import annotations
 
@@ -148,7 +148,9 @@ def gguf_bytes(tmp: Path, arch: str) -> bytes:
     return write_gguf(tmp / f"{arch}.gguf", arch, kv).read_bytes()
 
 
-def test_a_model_created_with_an_adapter_is_refused_by_name(app: InProcess, tmp_path: Path) -> None:
+def test_a_model_created_with_an_adapter_is_served_with_it(app: InProcess, tmp_path: Path) -> None:
+    """Adapters are no longer refused: every API serves the model, and the runner it
+    starts is given the adapter's blob (LoRA itself is tested for real in test_lora)."""
     digest = upload(app.client, gguf_bytes(tmp_path, "llama"))
     created = app.client.post(
         "/api/create",
@@ -157,11 +159,9 @@ def test_a_model_created_with_an_adapter_is_refused_by_name(app: InProcess, tmp_
     assert created.status_code == 200, created.text
     for api, (path, body) in plain("pirate").items():
         response = app.client.post(path, json={**body, "stream": False})
-        assert response.status_code == 400, (api, response.text)
-        assert message_of(response.json()) == (
-            '"pirate:latest" was created with an ADAPTER (LoRA); adapters are not supported yet'
-        )
-    assert app.runners == []
+        assert response.status_code == 200, (api, response.text)
+    (runner,) = app.runners
+    assert [Path(p).name for p in runner.spec.adapters] == [digest.replace(":", "-")]
 
 
 def test_a_projector_that_reads_no_images_leaves_the_model_text_only(

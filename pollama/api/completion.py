@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pollama.api.limits import MAX_MESSAGES, MAX_TEMPLATE
+from pollama.api.lora import check_lora
 from pollama.api.metrics import CompletionMeter, Metrics
 from pollama.api.state import ServerState
 from pollama.api.vision import admit_images, message_images, tokens_per_image
@@ -54,7 +55,7 @@ from pollama.chat.reply import (
     starts_in_thinking,
 )
 from pollama.chat.template import ChatTemplate, special_tokens, template_for
-from pollama.errors import BadRequest, Unsupported
+from pollama.errors import BadRequest
 from pollama.ggufmeta import GGUFModel
 from pollama.options.parameters import validate_options
 from pollama.protocol.wire import (
@@ -62,6 +63,7 @@ from pollama.protocol.wire import (
     CompletionDone,
     CompletionRequest,
     Logprob,
+    LoraScale,
     SamplingOptions,
 )
 from pollama.scheduler.loaded import Lease, ModelSpec
@@ -144,6 +146,8 @@ class _Common:
     top_logprobs: int = 0
     think_budget: int | None = None
     """Thinking tokens allowed (Anthropic's ``budget_tokens``); None: by ``think``'s level."""
+    lora: tuple[LoraScale, ...] = ()
+    """LoRA adapter scales for this request (``api.lora``); empty: the load scales."""
 
 
 @dataclass(frozen=True)
@@ -162,15 +166,6 @@ class GenerateCall(_Common):
     context: Sequence[int] | None = None
     raw: bool = False
     images: Sequence[str] = ()
-
-
-def refuse_unsupported(spec: ModelSpec) -> None:
-    """A 400 naming what pollama would otherwise drop: a LoRA adapter. The runner cannot
-    use it yet; answering without it would be wrong in a way the client cannot see."""
-    if spec.adapters:
-        raise Unsupported(
-            f'"{spec.name}" was created with an ADAPTER (LoRA); adapters are not supported yet'
-        )
 
 
 def check_template_size(template: str | None) -> None:
@@ -309,7 +304,7 @@ async def start_chat(state: ServerState, call: ChatCall) -> Run:
     if len(call.messages) > MAX_MESSAGES:
         raise BadRequest(f"too many messages: {len(call.messages)} (at most {MAX_MESSAGES})")
     spec, resolved = await state.model(call.model)
-    refuse_unsupported(spec)
+    check_lora(spec, call.lora)
     await admit_images(state, spec, message_images(call.messages))
     options = validate_options(dict(call.options))
     template = template_for(spec.model, resolved.template)
@@ -354,7 +349,7 @@ async def start_generate(state: ServerState, call: GenerateCall) -> Run:
         raise BadRequest("raw mode does not support template, system, or context")
     check_template_size(call.template)
     spec, resolved = await state.model(call.model)
-    refuse_unsupported(spec)
+    check_lora(spec, call.lora)
     await admit_images(state, spec, call.images)
     options = validate_options(dict(call.options))
     template = template_for(spec.model, call.template or resolved.template)
@@ -436,6 +431,7 @@ def _runner_request(
         grammar=plan.grammar,
         think_end=after,
         think_budget=_budget(call) if after else -1,
+        lora=call.lora,
     )
 
 

@@ -42,6 +42,7 @@ import logging
 import time
 import weakref
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
@@ -50,7 +51,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pollama.ggufmeta import read_model
+from pollama.ggufmeta import GGUFModel, read_model
 from pollama.memory.placement import estimate_for_layout
 from pollama.memory.types import BackendMemory
 
@@ -264,11 +265,20 @@ def memory_by_device(memory: BackendMemory) -> Iterator[tuple[str, int]]:
 
 def _estimate(runner: LoadedModel, measured: BackendMemory) -> BackendMemory | None:
     try:
-        projector = read_model(runner.spec.projector) if runner.spec.projector else None
-        return estimate_for_layout(runner.spec.model, runner.config, measured, projector)
+        projector = _header(runner.spec.projector) if runner.spec.projector else None
+        adapters = tuple(_header(path) for path in runner.spec.adapters)
+        return estimate_for_layout(
+            runner.spec.model, runner.config, measured, projector, adapters=adapters
+        )
     except Exception:  # a scrape must not fail over one model's figures
         log.warning("no memory estimate for model=%s", runner.name, exc_info=True)
         return None
+
+
+@lru_cache(maxsize=32)
+def _header(path: str) -> GGUFModel:
+    # A LoRA adapter's header (its blob is content-addressed: a path keeps its bytes).
+    return read_model(path)
 
 
 # -- the HTTP side ----------------------------------------------------------------------------

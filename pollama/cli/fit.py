@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from pollama.devices.types import DeviceInfo, SystemInfo
 from pollama.engine.cpu_path import CpuPath
 from pollama.errors import ModelNotFound, PollamaError
 from pollama.ggufmeta import GGUFModel, read_model
+from pollama.memory.adapters import adapter_bytes
 from pollama.memory.layout import LayoutPolicy, format_layers
 from pollama.memory.placement import Placement, plan_placement
 from pollama.memory.types import DeviceMemory, ProjectorMemory
@@ -66,11 +68,14 @@ def fit(
         str | None,
         typer.Option(help="A vision projector GGUF (default: a stored model's own, if any)."),
     ] = None,
+    adapter: Annotated[
+        list[Path] | None, typer.Option(help="A LoRA adapter GGUF to count (repeatable).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     settings = Settings.from_env()
     try:
-        gguf, vision = _model_files(model, projector, settings)
+        files = _model_files(model, projector, adapter or [], settings)
         gpus = devices.parse_gpu_specs(gpu) if gpu else devices.discover_gpus(settings)
         system = _system(ram)
         fa = settings.flash_attention if flash_attention is None else _switch(flash_attention)
@@ -83,15 +88,23 @@ def fit(
             kv_cache_type=kv_cache_type if kv_cache_type is not None else settings.kv_cache_type,
             use_mmap=use_mmap,
         )
-        placement = _place(gguf, asked, system, gpus, settings, require_full, vision)
+        placement = _place(files, asked, system, gpus, settings, require_full)
     except (PollamaError, ValueError) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
+    _show(model, _report(files, placement, gpus, system), placement, as_json=as_json)
 
+
+def _report(
+    files: ModelFiles, placement: Placement, gpus: list[DeviceInfo], system: SystemInfo
+) -> dict[str, Any]:
+    gguf = files.model
     report = fit_report(str(gguf.path), gguf.architecture, placement, gpus, system)
     report["parameters"] = gguf.parameter_size
     report["quantization"] = gguf.file_type
-    _show(model, report, placement, as_json=as_json)
+    report["adapters"] = [str(a.path) for a in files.adapters]
+    report["adapter_bytes"] = adapter_bytes(files.adapters, gguf.block_count).total
+    return report
 
 
 def _show(model: str, report: dict[str, Any], placement: Placement, *, as_json: bool) -> None:
@@ -110,11 +123,23 @@ def _system(ram: str | None) -> SystemInfo:
     return SystemInfo(max(free, system.total_memory), free, 0, system.thread_count)
 
 
+@dataclass(frozen=True)
+class ModelFiles:
+    """The GGUF headers a load of the model reads: the model, its vision projector and
+    its LoRA adapters."""
+
+    model: GGUFModel
+    projector: GGUFModel | None
+    adapters: tuple[GGUFModel, ...]
+
+
 def _model_files(
-    model: str, projector: str | None, settings: Settings
-) -> tuple[GGUFModel, GGUFModel | None]:
-    """The model's GGUF and its vision projector's: a file path or the demo model, else a
-    model in the store (which brings its own projector unless ``projector`` is given)."""
+    model: str, projector: str | None, adapters: list[Path], settings: Settings
+) -> ModelFiles:
+    """A file path or the demo model, else a model in the store, which brings its own
+    projector (unless ``projector`` is given) and its ADAPTER layers (then each
+    ``--adapter`` file): the runner would load them too."""
+    stored_adapters: tuple[Path, ...] = ()
     try:
         path = resolve_model_path(model)
         stored: Path | None = None
@@ -122,19 +147,24 @@ def _model_files(
         resolved = Store(settings.models_dir).resolve(model)
         path = resolved.model_path
         stored = resolved.projector_paths[0] if resolved.projector_paths else None
+        stored_adapters = resolved.adapter_paths
     vision = Path(projector).expanduser() if projector else stored
-    return read_model(path), read_model(vision) if vision else None
+    return ModelFiles(
+        read_model(path),
+        read_model(vision) if vision else None,
+        tuple(read_model(p) for p in (*stored_adapters, *adapters)),
+    )
 
 
 def _place(
-    gguf: GGUFModel,
+    files: ModelFiles,
     asked: LoadOptions,
     system: SystemInfo,
     gpus: list[DeviceInfo],
     settings: Settings,
     require_full: bool,
-    projector: GGUFModel | None,
 ) -> Placement:
+    gguf = files.model
     # The CPU path the server's runners would take: it decides whether llama.cpp keeps
     # repacked copies of the CPU's weights.
     extra = CpuPath.for_settings(settings).decide().extra
@@ -145,7 +175,9 @@ def _place(
         spread=settings.sched_spread,
         gpu_overhead=settings.gpu_overhead,
     )
-    return plan_placement(gguf, config, system, gpus, policy, projector)
+    return plan_placement(
+        gguf, config, system, gpus, policy, files.projector, adapters=files.adapters
+    )
 
 
 def _switch(value: Switch) -> bool | None:

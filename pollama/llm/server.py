@@ -100,8 +100,11 @@ class LlamaServer:
         port: int,
         load_request: LoadRequest,
         on_crash: CrashObserver | None = None,
+        adapters: Sequence[GGUFModel] = (),
     ) -> None:
         self._model = model
+        self._adapters = tuple(adapters)
+        """The LoRA adapters' headers: the estimate counts their tensors."""
         self._config = config
         self._settings = settings
         self._process = process
@@ -136,6 +139,8 @@ class LlamaServer:
         on_crash: CrashObserver | None = None,
     ) -> LlamaServer:
         """Start ``pollama runner`` for ``model`` on a free loopback port, seeing only ``gpus``."""
+        # A LoRA file that is not a GGUF is refused here (InvalidModelFile), before a runner.
+        adapters = await asyncio.to_thread(lambda: tuple(read_model(p) for p in lora))
         port = free_port()
         base = list(runner_command or [sys.executable, "-m", "pollama", "runner"])
         command = [*base, "--model", str(model.path), "--port", str(port)]
@@ -166,7 +171,9 @@ class LlamaServer:
             projector=projector,
             extra_buffers=config.extra_buffers,
         )
-        return cls(model, config, settings, process, client, port, request, on_crash)
+        return cls(
+            model, config, settings, process, client, port, request, on_crash, adapters=adapters
+        )
 
     # -- facts the scheduler and /api/ps read -------------------------------------------
 
@@ -223,7 +230,9 @@ class LlamaServer:
         """
         path = self._load_request.projector
         projector = read_model(path) if path else None  # a small header, read once per load
-        placement = plan_placement(self._model, self._config, system, gpus, policy, projector)
+        placement = plan_placement(
+            self._model, self._config, system, gpus, policy, projector, adapters=self._adapters
+        )
         self._memory, self._layout = placement.memory, placement.layout
         log.info(
             "loading model %s: layers=%d requested=%d estimate=%s",

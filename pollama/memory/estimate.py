@@ -15,6 +15,7 @@
   layers that hold them.
 - A vision projector's weights and compute buffer (``pollama.memory.projector``)
   are in system memory, where the runner keeps it.
+- LoRA adapters add their tensors to the layers they adapt (``adapters``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import gguf
 from pollama.devices.types import DeviceInfo
 from pollama.engine.kernels import extra_bytes, tied_output_bytes
 from pollama.ggufmeta import GGUFModel
+from pollama.memory.adapters import with_adapters
 from pollama.memory.projector import projector_memory
 from pollama.memory.types import BackendMemory, DeviceMemory
 from pollama.options.load import LoadConfig
@@ -130,9 +132,11 @@ def estimate_memory(
     *,
     swa_full: bool = False,
     projector: GGUFModel | None = None,
+    adapters: Sequence[GGUFModel] = (),
 ) -> BackendMemory:
     """The model's memory with every layer on the CPU and an empty entry per GPU (and
-    ``projector``'s, if it has one)."""
+    ``projector``'s, if it has one); ``adapters`` (LoRA GGUFs) add their tensors to the
+    layers they adapt."""
     groups = model.layers()
     n_blocks = model.block_count
     n_layers = n_blocks + 1
@@ -165,7 +169,7 @@ def estimate_memory(
     cache = [*kv_cache_per_layer(model, config, swa_full=swa_full), 0]
     graph = graph_size(model, config)
     cpu_graph = graph + output_buffer(model, config)
-    return BackendMemory(
+    memory = BackendMemory(
         input_weights=input_weights,
         cpu=DeviceMemory("CPU", None, tuple(weights), tuple(cache), graph=cpu_graph),
         gpus=tuple(DeviceMemory.empty(g.name, g.id, n_layers) for g in gpus),
@@ -177,6 +181,7 @@ def estimate_memory(
             else None
         ),
     )
+    return with_adapters(memory, adapters)
 
 
 def _pad(n: int, to: int) -> int:

@@ -35,8 +35,10 @@ def plan_placement(
     gpus: Sequence[DeviceInfo],
     policy: LayoutPolicy,
     projector: GGUFModel | None = None,
+    *,
+    adapters: Sequence[GGUFModel] = (),
 ) -> Placement:
-    memory = estimate_memory(model, config, gpus, projector=projector)
+    memory = estimate_memory(model, config, gpus, projector=projector, adapters=adapters)
     layout = Layout()
     while True:
         previous = layout
@@ -53,11 +55,13 @@ def estimate_for_layout(
     config: LoadConfig,
     measured: BackendMemory,
     projector: GGUFModel | None = None,
+    *,
+    adapters: Sequence[GGUFModel] = (),
 ) -> BackendMemory:
     """The estimate of ``model`` placed as a runner placed it: each GPU holding the layers
     it holds in ``measured``. (The layout the load started from may differ; this one
     compares like with like, for the metrics' estimated-vs-measured figures.)"""
-    estimate = estimate_memory(model, config, projector=projector)
+    estimate = estimate_memory(model, config, projector=projector, adapters=adapters)
     n = estimate.n_layers
     gpus = tuple(DeviceMemory.empty(g.name, g.device, n) for g in measured.gpus)
     layout = Layout(

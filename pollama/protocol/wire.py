@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
+from math import isfinite
 from typing import Any
 
 from pollama.devices.types import DeviceID
@@ -203,6 +204,25 @@ class SamplingOptions:
 
 
 @dataclass(frozen=True)
+class LoraScale:
+    """A request's scale for one of the model's LoRA adapters (``id``: ADAPTER order)."""
+
+    id: int
+    scale: float
+
+    @classmethod
+    def from_json(cls, body: Any) -> LoraScale:
+        if not isinstance(body, Mapping):
+            raise ProtocolError("each lora entry must be an object with id and scale")
+        adapter_id, scale = body.get("id"), body.get("scale")
+        if isinstance(adapter_id, bool) or not isinstance(adapter_id, int) or adapter_id < 0:
+            raise ProtocolError("lora id must be a non-negative integer")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not isfinite(scale):
+            raise ProtocolError("lora scale must be a finite number")
+        return cls(adapter_id, float(scale))
+
+
+@dataclass(frozen=True)
 class CompletionRequest:
     prompt: str = ""
     tokens: tuple[int, ...] | None = None
@@ -220,6 +240,8 @@ class CompletionRequest:
     top_logprobs: int = 0
     shift: bool = True
     truncate: bool = True
+    lora: tuple[LoraScale, ...] = ()
+    """Per-request adapter scales; empty: every adapter at its load scale."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -234,6 +256,7 @@ class CompletionRequest:
             "top_logprobs": self.top_logprobs,
             "shift": self.shift,
             "truncate": self.truncate,
+            "lora": [{"id": e.id, "scale": e.scale} for e in self.lora],
         }
 
     @classmethod
@@ -255,6 +278,7 @@ class CompletionRequest:
                 top_logprobs=top,
                 shift=bool(body.get("shift", True)),
                 truncate=bool(body.get("truncate", True)),
+                lora=tuple(LoraScale.from_json(e) for e in body.get("lora", ()) or ()),
             )
         except (ValueError, TypeError) as exc:
             if isinstance(exc, ProtocolError):
@@ -413,6 +437,9 @@ class RunnerStats:
     """Histogram: number of sequences in a step → steps."""
     images_encoded: int = 0
     """Images the projector has encoded (an image the cache still held is not encoded)."""
+    lora_switches: int = 0
+    """Times a step changed the LoRA scales on the context (requests with different
+    ``lora`` scales never share a step)."""
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -427,6 +454,7 @@ class RunnerStats:
             int(body["max_sequences_per_step"]),
             {int(k): int(v) for k, v in body["sequences_per_step"].items()},
             int(body.get("images_encoded", 0)),
+            int(body.get("lora_switches", 0)),
         )
 
 

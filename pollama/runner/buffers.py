@@ -6,6 +6,7 @@ llama.cpp reports every backend buffer it creates as a log line such as
     llama_kv_cache:        CUDA0 KV buffer size =   720.00 MiB
     sched_reserve:        CPU compute buffer size =    98.25 MiB
     llama_context:  CUDA_Host  output buffer size =     0.75 MiB
+    llama_adapter_lora_init_impl:        CPU LoRA buffer size =     3.52 MiB
 
 The buffer name says the device: ``CPU*`` and ``*_Host`` (pinned host memory)
 are system memory; ``CUDA0``, ``ROCm1``, ``Vulkan0``… are GPUs.
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pollama.devices.types import DeviceID
 
 _LINE = re.compile(
-    r"\b(?P<buffer>[A-Za-z_]+\d*(?:_[A-Za-z]+)?)\s+(?P<kind>model|KV|compute|output|RS)"
+    r"\b(?P<buffer>[A-Za-z_]+\d*(?:_[A-Za-z]+)?)\s+(?P<kind>model|KV|compute|output|RS|LoRA)"
     r" buffer size =\s+(?P<mib>[0-9.]+) MiB"
 )
 _GPU = re.compile(r"^(?P<library>CUDA|ROCm|HIP|Vulkan|Metal|SYCL|MUSA|CANN)(?P<index>\d*)$")
@@ -52,7 +53,7 @@ def visible_devices(environ: Mapping[str, str]) -> dict[DeviceID, DeviceID]:
 
 @dataclass
 class BufferSizes:
-    """Bytes per (device, kind) where kind is model | KV | compute | output | RS."""
+    """Bytes per (device, kind) where kind is model | KV | compute | output | RS | LoRA."""
 
     sizes: dict[tuple[DeviceID | None, str], int] = field(default_factory=lambda: defaultdict(int))
     device_map: Mapping[DeviceID, DeviceID] = field(default_factory=dict)

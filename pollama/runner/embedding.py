@@ -100,6 +100,9 @@ class Embedder:
                 # A context is its KV cache and compute buffers: a NULL is memory.
                 raise AllocationFailed(self._log.explain("unable to create the embedding context"))
             self._own_ctx = ctx
+            adapters = self._loaded.adapters
+            if adapters:  # embeddings of the adapted model, at the adapters' load scales
+                adapters.set(ctx, adapters.defaults)
         return self._own_ctx
 
 

@@ -40,7 +40,13 @@ from pollama.protocol.wire import (
 )
 from pollama.runner import llama
 from pollama.runner.embedding import Embedder
-from pollama.runner.model import ModelLoader, allocation_of, gpus_of, load_config
+from pollama.runner.model import (
+    ModelLoader,
+    adapter_headers,
+    allocation_of,
+    gpus_of,
+    load_config,
+)
 from pollama.runner.slots import admit, fail_all
 from pollama.runner.state import AllocationFailed, EngineError, Loaded, Request, Slot
 from pollama.runner.step import StepStats, step
@@ -184,8 +190,13 @@ class Engine:
             self._close()
             return LoadResponse(success=True)
         config = load_config(request)
-        projector = self._projector_header(request.projector)
-        estimate = estimate_memory(self.gguf, config, gpus_of(request), projector=projector)
+        estimate = estimate_memory(
+            self.gguf,
+            config,
+            gpus_of(request),
+            projector=self._projector_header(request.projector),
+            adapters=adapter_headers(request.lora),
+        )
         placed = place(estimate, request.layout)
         if request.operation is LoadOperation.FIT:
             return LoadResponse(success=True, memory=self._loader.fit(request, config, placed))

@@ -27,7 +27,8 @@ def measured_memory(
     gpus = tuple(replace(g, graph=buffers.get(g.device, "compute") or g.graph) for g in placed.gpus)
     input_weights = placed.input_weights
     if not graph_only:
-        cpu_weights = buffers.get(None, "model")
+        # LoRA adapters sit beside the weights they adapt: weights of those layers.
+        cpu_weights = buffers.get(None, "model") + buffers.get(None, "LoRA")
         if cpu_weights:
             # System memory holds the input embeddings besides the CPU's layers.
             layers = _spread(cpu.weights, cpu_weights - input_weights)
@@ -41,7 +42,7 @@ def measured_memory(
 
 
 def _with_measured(gpu: DeviceMemory, buffers: BufferSizes) -> DeviceMemory:
-    weights = buffers.get(gpu.device, "model")
+    weights = buffers.get(gpu.device, "model") + buffers.get(gpu.device, "LoRA")
     if weights:
         gpu = replace(gpu, weights=_spread(gpu.weights, weights))
     return _with_measured_cache(gpu, buffers.get(gpu.device, "KV") + buffers.get(gpu.device, "RS"))

@@ -15,7 +15,8 @@ from typing import Any
 import llama_cpp as L
 
 from pollama.devices.types import DeviceInfo
-from pollama.ggufmeta import GGUFModel
+from pollama.errors import InvalidModelFile
+from pollama.ggufmeta import GGUFModel, read_model
 from pollama.memory.types import BackendMemory
 from pollama.options.load import FlashAttention, LoadConfig
 from pollama.protocol.wire import LoadOperation, LoadRequest
@@ -23,6 +24,7 @@ from pollama.runner import llama
 from pollama.runner.buffers import BufferSizes, ProjectorBuffers, visible_devices
 from pollama.runner.crash_hook import crash_if_asked
 from pollama.runner.embedding import EMBED_MAX_SEQS
+from pollama.runner.lora import Adapters
 from pollama.runner.measure import measured_memory
 from pollama.runner.state import AllocationFailed, EngineError, Loaded
 
@@ -55,14 +57,16 @@ class ModelLoader:
 
     def fit(self, request: LoadRequest, config: LoadConfig, placed: BackendMemory) -> BackendMemory:
         """Weights and KV from the exact arithmetic; the graph from a no-alloc dry run."""
-        model, ctx, buffers = self._open(request, config, dry_run=True)
+        model, ctx, _, buffers = self._open(request, config, dry_run=True)
         L.llama_free(ctx)
         L.llama_model_free(model)
         return measured_memory(placed, buffers, graph_only=True)
 
     def alloc(self, request: LoadRequest, config: LoadConfig, placed: BackendMemory) -> Loaded:
         """The model and its context allocated, measured, and given a threadpool."""
-        model, ctx, buffers = self._open(request, config, dry_run=False)
+        model, ctx, adapters, buffers = self._open(request, config, dry_run=False)
+        if adapters:
+            adapters.use(ctx, adapters.defaults)  # the warm-up decodes with them
         memory = measured_memory(placed, buffers, graph_only=False)
         # Without it llama.cpp's workers spin between steps, holding the cores the
         # server needs to stream each token (docs/benchmarks.md has the figures).
@@ -77,6 +81,7 @@ class ModelLoader:
             config=config,
             memory=memory,
             threadpool=threadpool,
+            adapters=adapters,
             shares_prefixes=(
                 config.parallel > 1
                 and not L.llama_model_is_recurrent(model)
@@ -118,17 +123,20 @@ class ModelLoader:
         if loaded.threadpool is not None:
             loaded.threadpool.free(loaded.ctx)
         L.llama_free(loaded.ctx)
+        loaded.adapters.free()
         L.llama_model_free(loaded.model)
 
     def _open(
         self, request: LoadRequest, config: LoadConfig, *, dry_run: bool
-    ) -> tuple[Any, Any, BufferSizes]:
-        """Model and context as the request describes them, with the buffer sizes
-        llama.cpp logged while making them; nothing stays allocated on failure."""
+    ) -> tuple[Any, Any, Adapters, BufferSizes]:
+        """Model, LoRA adapters (none in a dry run: they need the weights) and context as
+        the request describes them, with the buffer sizes llama.cpp logged while making
+        them; nothing stays allocated on failure."""
         buffers = BufferSizes(device_map=self._device_map)
         self._log.begin()
         self._log.collector = buffers
         model = ctx = None
+        adapters = Adapters()
         try:
             params = llama.model_params(
                 gpu_layers=request.layout.count,
@@ -141,13 +149,17 @@ class ModelLoader:
             model = L.llama_model_load_from_file(self._model_path.encode(), params)
             if not model:
                 raise self._open_failed(request)
+            if request.lora and not dry_run:
+                on_gpu = request.layout.count > 0
+                adapters = Adapters.load(model, request.lora, self._log, on_gpu=on_gpu)
             ctx = L.llama_init_from_model(model, self._context_params(config))
             if not ctx:
                 raise self._context_failed()
-            return model, ctx, buffers
+            return model, ctx, adapters, buffers
         except BaseException:
             if ctx:
                 L.llama_free(ctx)
+            adapters.free()
             if model:
                 L.llama_model_free(model)
             raise
@@ -216,3 +228,11 @@ def allocation_of(request: LoadRequest) -> LoadRequest:
 def gpus_of(request: LoadRequest) -> list[DeviceInfo]:
     """Placeholder device records for the layout's GPUs: the estimate needs only their ids."""
     return [DeviceInfo(g.device, str(g.device), 0, 0) for g in request.layout.gpus]
+
+
+def adapter_headers(paths: tuple[str, ...]) -> tuple[GGUFModel, ...]:
+    """The LoRA adapters' GGUF headers, for the estimate that shapes the measured figures."""
+    try:
+        return tuple(read_model(path) for path in paths)
+    except InvalidModelFile as exc:
+        raise EngineError(f"LoRA adapter: {exc}", status=400) from None

@@ -14,6 +14,7 @@ import llama_cpp as L
 
 from pollama.protocol.wire import CompletionRequest
 from pollama.runner import llama
+from pollama.runner.lora import Scales
 from pollama.runner.sampling import finish
 from pollama.runner.state import EngineError, Generation, Loaded, Request, Slot
 from pollama.runner.text import StreamedText
@@ -53,15 +54,16 @@ def admit(
                 request.tokens, request.images = prompt_tokens(
                     ready, request.body, generates=generates
                 )
+            scales = ready.adapters.scales_for(request.body.lora)
         except EngineError as exc:
             waiting.popleft()
             request.emit(exc)
             continue
-        if _prefix_in_flight(ready, slots, request.tokens):
+        if _prefix_in_flight(ready, slots, request.tokens, scales):
             return  # another sequence evaluates it in this step: share it next step
         waiting.popleft()
         try:
-            _start(ready, slots, request, request.tokens, free, log, now)
+            _start(ready, slots, request, (request.tokens, scales), free, log, now)
         except EngineError as exc:
             request.emit(exc)
 
@@ -127,30 +129,35 @@ def _truncate(tokens: list[int], keep: int, n_ctx: int) -> list[int]:
     return tokens[:keep] + tokens[start:]
 
 
-def _prefix_in_flight(loaded: Loaded, slots: list[Slot], tokens: list[int]) -> bool:
-    """Whether a prompt still being evaluated for another request holds a prefix of
-    ``tokens`` worth sharing (identical system prompts arriving together): waiting
-    one step for it to be in the cache beats evaluating it twice."""
+def _prefix_in_flight(loaded: Loaded, slots: list[Slot], tokens: list[int], scales: Scales) -> bool:
+    """Whether a prompt still being evaluated for another request (with the same LoRA
+    scales) holds a prefix of ``tokens`` worth sharing (identical system prompts arriving
+    together): waiting one step for it to be in the cache beats evaluating it twice."""
     if not loaded.shares_prefixes:
         return False
-    cached = max(_common_prefix(s.cache, tokens) for s in slots)
+    cached = max(_shared(s, tokens, scales) for s in slots)
     for slot in slots:
         gen = slot.gen
-        if gen and gen.pending and _common_prefix(slot.cache, tokens) == len(slot.cache):
+        if not (gen and gen.pending and gen.scales == scales):
+            continue
+        if _shared(slot, tokens, scales) == len(slot.cache):
             coming = len(slot.cache) + _common_prefix(gen.pending, tokens[len(slot.cache) :])
             if coming - cached >= _MIN_SHARED_PREFIX:
                 return True
     return False
 
 
-def _donor(slots: list[Slot], slot: Slot, tokens: list[int], reuse: int) -> tuple[Slot, int] | None:
-    """Another sequence whose cache holds a longer prefix of ``tokens`` than
-    ``slot``'s own, by enough to be worth copying: it, and the prefix's length."""
+def _donor(
+    slots: list[Slot], slot: Slot, tokens: list[int], scales: Scales, reuse: int
+) -> tuple[Slot, int] | None:
+    """Another sequence whose cache holds a longer prefix of ``tokens`` (computed under
+    ``scales``) than ``slot``'s own, by enough to be worth copying: it, and the prefix's
+    length."""
     best: tuple[Slot, int] | None = None
     best_len = reuse + _MIN_SHARED_PREFIX - 1
     for other in slots:
         if other is not slot:
-            shared = _common_prefix(other.cache, tokens)
+            shared = _shared(other, tokens, scales)
             if shared > best_len:
                 best, best_len = (other, shared), shared
     return best
@@ -160,14 +167,16 @@ def _start(
     loaded: Loaded,
     slots: list[Slot],
     request: Request,
-    tokens: list[int],
+    prompt: tuple[list[int], Scales],
     free: list[Slot],
     log: llama.LlamaLog,
     now: int,
 ) -> None:
-    """Put ``request`` in the best free slot, keeping what its cache shares with the prompt."""
-    slot = max(free, key=lambda s: (_common_prefix(s.cache, tokens), -s.last_used))
-    reuse = _reuse_cache(loaded, slots, slot, tokens)
+    """Put ``request`` in the best free slot, keeping what its cache shares with the prompt
+    (``prompt``: its tokens, and the LoRA scales they are to be evaluated with)."""
+    tokens, scales = prompt
+    slot = max(free, key=lambda s: (_shared(s, tokens, scales), -s.last_used))
+    reuse = _reuse_cache(loaded, slots, slot, prompt)
     body = request.body
     opts = body.options
     sampler = _sampler(loaded, log, body, tokens)
@@ -185,18 +194,24 @@ def _start(
             end=body.think_end.encode("utf-8"),
             left=body.think_budget if body.think_end else -1,
         ),
+        scales=scales,
     )
     slot.last_used = now
     if slot.gen.num_predict == 0:
         finish(slot, "length")
 
 
-def _reuse_cache(loaded: Loaded, slots: list[Slot], slot: Slot, tokens: list[int]) -> int:
-    """Cut ``slot``'s sequence back to the prefix it shares with ``tokens`` (copied from
-    a donor first, if one shares more); the number of prompt tokens it saves."""
-    reuse = _common_prefix(slot.cache, tokens)
+def _reuse_cache(
+    loaded: Loaded, slots: list[Slot], slot: Slot, prompt: tuple[list[int], Scales]
+) -> int:
+    """Cut ``slot``'s sequence back to the prefix it shares with the prompt's tokens
+    under its scales (copied from a donor first, if one shares more); the number of
+    prompt tokens it saves."""
+    tokens, scales = prompt
+    reuse = _shared(slot, tokens, scales)
+    slot.cache_scales = scales
     mem = L.llama_get_memory(loaded.ctx)
-    donor = _donor(slots, slot, tokens, reuse) if loaded.shares_prefixes else None
+    donor = _donor(slots, slot, tokens, scales, reuse) if loaded.shares_prefixes else None
     if donor is not None:
         # Sequences live in streams of their own, so this copies the donor's stream
         # (at the next decode); the tail past the shared prefix is dropped below.
@@ -231,6 +246,12 @@ def _sampler(
         )
     except ValueError:
         raise EngineError(log.explain("invalid grammar"), status=400) from None
+
+
+def _shared(slot: Slot, tokens: list[int], scales: Scales) -> int:
+    """The prefix of ``tokens`` whose KV ``slot``'s cache holds: none when the cache was
+    computed under other LoRA scales (its keys and values differ)."""
+    return _common_prefix(slot.cache, tokens) if slot.cache_scales == scales else 0
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -1,4 +1,4 @@
-"""What the engine thread keeps between steps, and the errors it answers with.
+"""What the engine thread keeps between steps (and, from ``errors``, what it answers with).
 
 A ``Slot`` is one sequence of the context: it outlives the requests that use it, so
 that a later prompt can reuse what its KV cache holds. A ``Generation`` is one
@@ -12,31 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pollama.errors import PollamaError
 from pollama.memory.types import BackendMemory
 from pollama.options.load import LoadConfig
 from pollama.protocol.wire import CompletionChunk, CompletionDone, CompletionRequest, Logprob
+
+# The engine's errors, re-exported: its users import them from here.
+from pollama.runner.errors import AllocationFailed as AllocationFailed
+from pollama.runner.errors import EngineError as EngineError
 from pollama.runner.text import StreamedText
 from pollama.runner.thinking import Thinking
 
 if TYPE_CHECKING:  # only the types: this module itself stays free of llama.cpp
     from pollama.runner import llama
-
-
-class EngineError(PollamaError):
-    """A request the engine refuses or cannot serve; ``status`` is the HTTP status."""
-
-    def __init__(self, message: str, status: int = 500) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class AllocationFailed(EngineError):
-    """llama.cpp could not allocate a buffer: the load loop may back off and retry.
-
-    Any other load failure (an unknown architecture, a damaged file) is final and
-    answered as an HTTP error, so the server does not retry what cannot work.
-    """
+    from pollama.runner.lora import Adapters
 
 
 Emit = Callable[[CompletionChunk | CompletionDone | EngineError], None]
@@ -69,6 +57,8 @@ class Generation:
     prompt_tokens: int
     prompt_cached: int
     thinking: Thinking
+    scales: tuple[float, ...] = ()
+    """Its LoRA adapter scales (``lora.Scales``): only slots with equal ones share a step."""
     next_token: int | None = None
     """The last sampled token, fed in the next step."""
     generated: int = 0
@@ -91,6 +81,9 @@ class Slot:
     """The step that last used it: of equally good free slots, the stalest is taken."""
     gen: Generation | None = None
     """The request generating in it, if any."""
+    cache_scales: tuple[float, ...] = ()
+    """The LoRA scales its cache was computed under: a prompt with other scales reuses
+    none of it."""
 
     @property
     def busy(self) -> bool:
@@ -114,6 +107,8 @@ class Loaded:
     config: LoadConfig
     memory: BackendMemory
     threadpool: llama.Threadpool | None
+    adapters: Adapters
+    """Its LoRA adapters (none for most models)."""
     shares_prefixes: bool
     """Whether a sequence may start from a copy of another's cache: not for recurrent
     state (it cannot be cut back to a prefix) nor sliding-window caches (which drop

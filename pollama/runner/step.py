@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import llama_cpp as L
 
 from pollama.protocol.wire import RunnerStats
+from pollama.runner.lora import Scales, pick_scales
 from pollama.runner.sampling import finish, sample
 from pollama.runner.state import EngineError, Generation, Loaded, Slot
 from pollama.runner.vision import is_image, offset_in_image
@@ -30,6 +31,7 @@ class StepStats:
     tokens_decoded: int = 0
     seqs_per_step: Counter[int] = field(default_factory=Counter)
     images_encoded: int = 0
+    lora_switches: int = 0
 
     def to_wire(self) -> RunnerStats:
         counts = dict(self.seqs_per_step)
@@ -39,6 +41,7 @@ class StepStats:
             max_sequences_per_step=max(counts, default=0),
             sequences_per_step=counts,
             images_encoded=self.images_encoded,
+            lora_switches=self.lora_switches,
         )
 
 
@@ -48,9 +51,13 @@ def step(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
         if slot.gen is not None and slot.gen.request.cancelled.is_set():
             slot.release()
     _evaluate_images(loaded, slots, stats)
-    in_batch = _fill(loaded, slots)
+    # With adapters, a step decodes the slots of one scale set only (see ``lora``).
+    scales = _scales(loaded, slots) if loaded.adapters else None
+    in_batch = _fill(loaded, slots, scales)
     if not in_batch:
         return
+    if scales is not None and loaded.adapters.use(loaded.ctx, scales):
+        stats.lora_switches += 1
     started = time.perf_counter_ns()
     status = loaded.batch.decode(loaded.ctx)
     if status != 0:
@@ -74,8 +81,22 @@ def step(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
         slot.last_used = stats.steps
 
 
-def _fill(loaded: Loaded, slots: list[Slot]) -> list[tuple[Slot, Generation]]:
-    """Build the step's batch: every slot in it, with the request it decodes for."""
+def _scales(loaded: Loaded, slots: list[Slot]) -> Scales | None:
+    """The scale set this step decodes; None when no slot has work."""
+    active = [
+        (slot.gen.scales, slot.last_used)
+        for slot in slots
+        if slot.gen is not None and (slot.gen.next_token is not None or slot.gen.pending)
+    ]
+    adapters = loaded.adapters
+    return pick_scales(active, adapters.current, adapters.held) if active else None
+
+
+def _fill(
+    loaded: Loaded, slots: list[Slot], scales: Scales | None
+) -> list[tuple[Slot, Generation]]:
+    """Build the step's batch: every slot in it, with the request it decodes for; with
+    ``scales``, only the slots that decode with them."""
     batch = loaded.batch
     batch.clear()
     budget = batch.capacity
@@ -84,6 +105,8 @@ def _fill(loaded: Loaded, slots: list[Slot]) -> list[tuple[Slot, Generation]]:
     for slot in slots:
         gen = slot.gen
         if gen is not None and gen.next_token is not None and budget > 0:
+            if scales is not None and gen.scales != scales:
+                continue
             if not _make_room(loaded, slot, gen, 1):
                 continue
             gen.batch_index = batch.add(gen.next_token, len(slot.cache), slot.index, True)
@@ -94,6 +117,8 @@ def _fill(loaded: Loaded, slots: list[Slot]) -> list[tuple[Slot, Generation]]:
     for slot in slots:
         gen = slot.gen
         if gen is None or not gen.pending or budget <= 0 or is_image(gen.pending[0]):
+            continue
+        if scales is not None and gen.scales != scales:
             continue
         chunk = _text_run(gen.pending, budget)
         del gen.pending[: len(chunk)]
@@ -126,6 +151,9 @@ def _evaluate_images(loaded: Loaded, slots: list[Slot], stats: StepStats) -> Non
             assert loaded.vision is not None  # prompts with images are admitted only then
             image = gen.request.images[gen.pending[0]]
             started = time.perf_counter_ns()
+            # The image's embeddings pass through the adapted layers too.
+            if loaded.adapters and loaded.adapters.use(loaded.ctx, gen.scales):
+                stats.lora_switches += 1
             try:
                 loaded.vision.evaluate(
                     loaded.ctx, image, slot.index, len(slot.cache), loaded.config.batch_size

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from pollama.api.completion import load_or_unload, refuse_unsupported
+from pollama.api.completion import load_or_unload
 from pollama.api.ollama.generate import keep_alive_of, parse_body
 from pollama.api.ollama.types import (
     EmbeddingsRequest,
@@ -77,7 +77,6 @@ async def embed_inputs(
         await load_or_unload(state, model, options or {}, keep_alive)
         return Embedded((), 0, 0, time.perf_counter_ns() - started)
     spec, _ = await state.model(model)
-    refuse_unsupported(spec)
     checked = validate_options(dict(options or {}))
     async with await state.scheduler.acquire(spec, checked, keep_alive) as lease:
         result = await lease.server.embedding(list(inputs), truncate=truncate)

@@ -22,6 +22,7 @@ from pollama.api.completion import (
     start_generate,
 )
 from pollama.api.errors import CLIENT_CLOSED_REQUEST
+from pollama.api.lora import lora_scales
 from pollama.api.ollama.types import (
     ChatRequest,
     ChatResponse,
@@ -186,6 +187,7 @@ def _common(body: GenerateRequest | ChatRequest, keep_alive: float | None) -> di
         "shift": body.shift,
         "logprobs": body.logprobs,
         "top_logprobs": body.top_logprobs,
+        "lora": lora_scales(body.lora),
     }
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pollama.api.lora import LoraEntry
+
 
 def rfc3339(moment: datetime | None = None) -> str:
     """``2026-11-25T10:20:30.123456789Z``-style timestamps, as Ollama sends them."""
@@ -101,6 +103,8 @@ class _Generation(_Request):
     shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
+    lora: list[LoraEntry] | None = None
+    """Per-request LoRA adapter scales, as llama-server takes them (``api.lora``)."""
 
     @field_validator("top_logprobs")
     @classmethod

@@ -15,6 +15,7 @@ from pollama.api.completion import (
     ChatCall,
     GenerateCall,
 )
+from pollama.api.lora import lora_scales
 from pollama.api.ollama.generate import keep_alive_of
 from pollama.api.openai.types import (
     ChatCompletionRequest,
@@ -46,6 +47,7 @@ def chat_call(body: ChatCompletionRequest) -> ChatCall:
         keep_alive=keep_alive_of(body.keep_alive),
         logprobs=bool(body.logprobs),
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else 0,
+        lora=lora_scales(body.lora),
     )
 
 
@@ -63,6 +65,7 @@ def generate_call(body: CompletionRequest) -> GenerateCall:
         keep_alive=keep_alive_of(body.keep_alive),
         logprobs=body.logprobs is not None,
         top_logprobs=body.logprobs or 0,
+        lora=lora_scales(body.lora),
     )
 
 

@@ -23,6 +23,8 @@ from pydantic import (
     model_serializer,
 )
 
+from pollama.api.lora import LoraEntry
+
 # -- requests ------------------------------------------------------------------------------
 
 
@@ -110,6 +112,8 @@ class SamplingRequest(_Request):
     """Ollama options (``num_ctx`` …); the OpenAI fields above win over them."""
     keep_alive: float | str | None = None
     think: bool | str | None = None
+    lora: list[LoraEntry] | None = None
+    """Per-request LoRA adapter scales, as llama-server takes them (``api.lora``)."""
 
 
 class ChatCompletionRequest(SamplingRequest):
