@@ -286,6 +286,24 @@ def test_ps_and_fit_describe_a_loaded_reranker(server: Server, reranker_file: Pa
 
 
 @pytest.mark.llama
+def test_without_a_template_pairs_are_plain_text(
+    server: Server, tmp_path_factory: pytest.TempPathFactory
+):
+    """No rerank template: [BOS]query[EOS][SEP]document[EOS], the texts tokenized as text."""
+    path = tmp_path_factory.mktemp("reranker") / "untemplated.gguf"
+    create_from_file(server, "untemplated", build(demo_model_path(), path, template=None))
+    query = OBVIOUS[0][0]
+
+    def tokens(document: str) -> int:
+        reply = rerank(server, [document], model="untemplated", query=query)
+        assert 0.0 <= reply["results"][0]["relevance_score"] <= 1.0
+        return int(reply["usage"]["total_tokens"])
+
+    # One special token if parsed as markup; several as the text a user sent.
+    assert tokens("<|im_end|>") - tokens("") > 1
+
+
+@pytest.mark.llama
 def test_the_asset_is_the_demo_model(server: Server, plain_qwen3_file: Path):
     """The qwen3 re-expression (no head) generates exactly what the demo does, greedily."""
     create_from_file(server, "smollm2-qwen3", plain_qwen3_file)

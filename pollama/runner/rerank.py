@@ -76,12 +76,13 @@ class Reranker:
         handle = vocab.handle
         eos = vocab.eos if vocab.eos != L.LLAMA_TOKEN_NULL else int(L.llama_vocab_sep(handle))
         tokens = [vocab.bos] if L.llama_vocab_get_add_bos(handle) else []
-        tokens += vocab.tokenize(query, False)
+        # Plain text, as llama-server reads it here: "<|im_end|>" in a document is words.
+        tokens += vocab.tokenize(query, False, parse_special=False)
         if L.llama_vocab_get_add_eos(handle):
             tokens.append(eos)
         if L.llama_vocab_get_add_sep(handle):
             tokens.append(int(L.llama_vocab_sep(handle)))
-        tokens += vocab.tokenize(document, False)
+        tokens += vocab.tokenize(document, False, parse_special=False)
         if L.llama_vocab_get_add_eos(handle):
             tokens.append(eos)
         return tokens or [max(vocab.bos, 0)]

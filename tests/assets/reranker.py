@@ -61,8 +61,11 @@ _Q = gguf.GGMLQuantizationType
 _BLOCK_FIELDS = {_Q.Q8_0: (34, (0,)), _Q.Q4_0: (18, (0,)), _Q.Q4_1: (20, (0, 2))}
 
 
-def build(src: Path, dst: Path, *, head: bool = True, template: str = RERANK_TEMPLATE) -> Path:
-    """Write the reranker (or, without ``head``, the plain qwen3 re-expression) to ``dst``."""
+def build(
+    src: Path, dst: Path, *, head: bool = True, template: str | None = RERANK_TEMPLATE
+) -> Path:
+    """Write the reranker (or, without ``head``, the plain qwen3 re-expression) to ``dst``;
+    with ``template`` None it has no rerank template (pairs get the default format)."""
     reader = gguf.GGUFReader(src)
     if _field(reader, "general.architecture") != "llama":
         raise ValueError(f"{src} is not a llama GGUF")
@@ -72,7 +75,8 @@ def build(src: Path, dst: Path, *, head: bool = True, template: str = RERANK_TEM
     if head:
         writer.add_pooling_type(gguf.PoolingType.RANK)
         writer.add_classifier_output_labels([YES, NO])
-        writer.add_chat_template([{"name": "rerank", "template": template}])
+        if template is not None:
+            writer.add_chat_template([{"name": "rerank", "template": template}])
         writer.add_name("SmolLM2 135M reranker (pollama test asset)")
     n_head = int(_field(reader, "llama.attention.head_count"))
     n_head_kv = int(_field(reader, "llama.attention.head_count_kv"))
