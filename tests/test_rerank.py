@@ -30,7 +30,8 @@ from pollama.errors import BadRequest
 from pollama.runner.rerank import fill_template
 
 # (query, a document that answers it, an unrelated one). Of 20 such easy cases the asset
-# ranks 16 right (python scripts in the branch's report; 9 with the "yes"/"no" rows);
+# ranks 16 right, batched as [good, bad] and alone (9 with the "yes"/"no" rows, 14 and 17
+# for the demo's own next-token yes/no and Yes/No on llama.cpp's generation path);
 # these are the ones whose margin is above 0.1 both scored alone and batched, three times
 # the largest batch noise seen (BATCH_TOLERANCE). The test asserts the order, never scores.
 OBVIOUS = [
