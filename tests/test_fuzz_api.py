@@ -48,6 +48,7 @@ from pydantic import BaseModel
 
 from pollama.api.anthropic.types import MessagesRequest
 from pollama.api.ollama import types as ollama
+from pollama.api.ollama.rerank import RerankRequest
 from pollama.api.openai import types as openai
 from pollama.api.openai.responses_types import ResponsesRequest
 from pollama.devices.types import DeviceInfo
@@ -305,6 +306,7 @@ BODY_ROUTES = (
     Route("POST", "/api/chat", ollama.ChatRequest),
     Route("POST", "/api/embed", ollama.EmbedRequest),
     Route("POST", "/api/embeddings", ollama.EmbeddingsRequest),
+    Route("POST", "/api/rerank", RerankRequest),
     Route("POST", "/api/show", ollama.ShowRequest),
     Route("POST", "/api/create", ollama.CreateRequest),
     Route("POST", "/api/copy", ollama.CopyRequest),
@@ -314,6 +316,7 @@ BODY_ROUTES = (
     Route("POST", "/v1/chat/completions", openai.ChatCompletionRequest),
     Route("POST", "/v1/completions", openai.CompletionRequest),
     Route("POST", "/v1/embeddings", openai.EmbeddingRequest),
+    Route("POST", "/v1/rerank", RerankRequest),
     Route("POST", "/v1/responses", ResponsesRequest),
     Route("POST", "/v1/messages", MessagesRequest),
 )

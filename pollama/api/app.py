@@ -17,7 +17,8 @@ from pollama.api.anthropic import routes as anthropic
 from pollama.api.auth import Guard, KeyRing, parse_keys
 from pollama.api.errors import ApiError, api_error, error_body_for
 from pollama.api.limits import BodyLimit
-from pollama.api.ollama import catalog, embed, generate, manage
+from pollama.api.ollama import catalog, embed, generate, manage, rerank
+from pollama.api.openai import rerank as openai_rerank
 from pollama.api.openai import responses
 from pollama.api.openai import routes as openai
 from pollama.api.security import DEFAULT_ORIGINS, HostCheck, origin_regex
@@ -74,14 +75,9 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.pollama = state
     state.metrics.watch(state.scheduler)
-    app.include_router(catalog.router)
-    app.include_router(generate.router)
-    app.include_router(manage.router)
-    app.include_router(embed.router)
-    app.include_router(openai.router)
-    app.include_router(responses.router)
-    app.include_router(anthropic.router)
-    app.include_router(metrics.router)
+    routes = (catalog, generate, manage, embed, rerank, openai, openai_rerank, responses, anthropic)
+    for module in (*routes, metrics):
+        app.include_router(module.router)
     # Added last = outermost: the Host check runs before anything else; then every
     # request it lets through is counted, CORS preflights included; a bug of ours
     # still answers in the API's error shape, with CORS headers.

@@ -2,6 +2,8 @@
 
     completion   it generates text (every model that is not an embedding-only encoder)
     embedding    it is an embedding model: it says how to pool, or is a BERT-style encoder
+    rerank       its pooling ranks (``pooling_type`` 4): it scores (query, document) pairs;
+                 listed alone, since it neither generates nor embeds (/api/embed refuses it)
     tools        its template reads ``tools``
     insert       its template reads ``suffix`` (fill-in-the-middle)
     vision       it has a vision projector llama.cpp's mtmd can load: a CLIP GGUF with a
@@ -21,9 +23,11 @@ from typing import Any
 
 from pollama.chat.reply import infer_thinking
 from pollama.chat.template import ChatTemplate
+from pollama.ggufmeta.model import RANK_POOLING
 
 COMPLETION = "completion"
 EMBEDDING = "embedding"
+RERANK = "rerank"
 TOOLS = "tools"
 INSERT = "insert"
 VISION = "vision"
@@ -48,6 +52,12 @@ def is_embedding_model(metadata: Mapping[str, Any]) -> bool:
     """True for a model that embeds and does not generate."""
     architecture = str(metadata.get("general.architecture", ""))
     return f"{architecture}.pooling_type" in metadata or architecture in ENCODER_ARCHITECTURES
+
+
+def is_reranker(metadata: Mapping[str, Any]) -> bool:
+    """True for a model whose pooled output is a relevance score (llama.cpp's rank pooling)."""
+    architecture = str(metadata.get("general.architecture", ""))
+    return metadata.get(f"{architecture}.pooling_type") == RANK_POOLING
 
 
 def has_vision_encoder(metadata: Mapping[str, Any]) -> bool:
@@ -90,6 +100,8 @@ def capabilities(
     """The capabilities of a model with this GGUF ``metadata``, chat ``template`` (None when
     it has none) and, if ``has_projector``, a vision projector (``is_vision_projector``);
     in Ollama's order."""
+    if is_reranker(metadata):
+        return [RERANK]
     found = [EMBEDDING if is_embedding_model(metadata) else COMPLETION]
     if template is not None:
         if template.supports_tools:

@@ -22,6 +22,8 @@ from pollama.units import format_parameter_count
 # llama.cpp stops at 512 layers (LLAMA_MAX_LAYERS); a far larger count is a corrupt header,
 # and refusing it keeps per-layer tuples from growing with a lying field.
 MAX_BLOCK_COUNT = 4096
+RANK_POOLING = 4
+"""llama.cpp's ``LLAMA_POOLING_TYPE_RANK``: the pooled output is a relevance score."""
 
 # (period, dense_first) of llama.cpp's hparams.set_swa_pattern() per architecture, used when
 # a file sets a sliding window but no attention.sliding_window_pattern. With period N, layer
@@ -234,6 +236,11 @@ class GGUFModel:
     def is_embedding_model(self) -> bool:
         # Ollama's rule: an embedding model is one that says how to pool its outputs.
         return f"{self.architecture}.pooling_type" in self.metadata
+
+    @property
+    def is_reranker(self) -> bool:
+        """A model whose pooling ranks: one (query, document) pair in, a score out."""
+        return self.pooling_type == RANK_POOLING
 
     @property
     def sliding_window(self) -> int:

@@ -14,6 +14,7 @@ from pollama.protocol.wire import (
     CompletionDone,
     CompletionRequest,
     EmbeddingResponse,
+    RerankResponse,
 )
 
 
@@ -51,6 +52,8 @@ class LlamaServerLike(Protocol):
     async def embedding(
         self, inputs: Sequence[str], truncate: bool = True
     ) -> EmbeddingResponse: ...
+
+    async def rerank(self, query: str, documents: Sequence[str]) -> RerankResponse: ...
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
 

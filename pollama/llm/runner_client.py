@@ -28,6 +28,8 @@ from pollama.protocol.wire import (
     LoadRequest,
     LoadResponse,
     ProtocolError,
+    RerankRequest,
+    RerankResponse,
 )
 
 HEALTH_TIMEOUT = 5.0
@@ -96,6 +98,11 @@ class RunnerClient:
         body = EmbeddingRequest(tuple(inputs), truncate).to_json()
         response = await self._http.post("/embedding", json=body)
         return EmbeddingResponse.from_json(_json(response))
+
+    async def rerank(self, query: str, documents: Sequence[str]) -> RerankResponse:
+        body = RerankRequest(query, tuple(documents)).to_json()
+        response = await self._http.post("/rerank", json=body)
+        return RerankResponse.from_json(_json(response))
 
     async def tokenize(self, text: str, add_special: bool) -> list[int]:
         body = {"content": text, "add_special": add_special}

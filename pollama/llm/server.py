@@ -58,6 +58,7 @@ from pollama.protocol.wire import (
     LoadRequest,
     LoadResponse,
     ProtocolError,
+    RerankResponse,
     RunnerReported,
     parse_completion_line,
 )
@@ -397,6 +398,11 @@ class LlamaServer:
         async with self._semaphore:
             await self._ready()
             return await self._request(lambda: self._client.embedding(inputs, truncate))
+
+    async def rerank(self, query: str, documents: Sequence[str]) -> RerankResponse:
+        async with self._semaphore:
+            await self._ready()
+            return await self._request(lambda: self._client.rerank(query, documents))
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         await self._ready()

@@ -12,6 +12,7 @@ Endpoints (all on 127.0.0.1):
     POST /completion  CompletionRequest → NDJSON: CompletionChunk lines, then CompletionDone
                       (an error after the stream began is a final {"error": "..."} line)
     POST /embedding   EmbeddingRequest → EmbeddingResponse
+    POST /rerank      RerankRequest → RerankResponse (a model with rank pooling only)
     POST /tokenize    {"content": str, "add_special": bool} → {"tokens": [int]}
     POST /detokenize  {"tokens": [int]} → {"content": str}
     GET  /stats       → RunnerStats (debug figures: decode steps and batch sizes)
@@ -423,6 +424,43 @@ class EmbeddingResponse:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ProtocolError(f"bad embedding response: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """One query against documents: the runner formats each pair as the model expects."""
+
+    query: str
+    documents: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"query": self.query, "documents": list(self.documents)}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RerankRequest:
+        query, documents = body.get("query"), body.get("documents")
+        if not isinstance(query, str):
+            raise ProtocolError("query must be a string")
+        if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
+            raise ProtocolError("documents must be a list of strings")
+        return cls(query, tuple(documents))
+
+
+@dataclass(frozen=True)
+class RerankResponse:
+    scores: tuple[float, ...]
+    """One relevance score per document, in the request's order (higher: more relevant)."""
+    prompt_eval_count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scores": list(self.scores), "prompt_eval_count": self.prompt_eval_count}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RerankResponse:
+        try:
+            return cls(tuple(float(x) for x in body["scores"]), int(body["prompt_eval_count"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ProtocolError(f"bad rerank response: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pollama.protocol.wire import (
     EmbeddingRequest,
     LoadRequest,
     ProtocolError,
+    RerankRequest,
     memory_to_json,
 )
 from pollama.runner.engine import Engine
@@ -88,7 +89,7 @@ def _add_status_routes(app: FastAPI, engine: Engine) -> None:
 
 
 def _add_model_routes(app: FastAPI, engine: Engine) -> None:
-    """Loading, tokens and embeddings: each one call on the engine thread."""
+    """Loading, tokens, embeddings and rerank scores: each one call on the engine thread."""
 
     @app.post("/load")
     async def load(request: Request) -> dict[str, Any]:
@@ -123,6 +124,15 @@ def _add_model_routes(app: FastAPI, engine: Engine) -> None:
         texts = list(body.content)
         result = await asyncio.wrap_future(engine.call(lambda: engine.embed(texts, body.truncate)))
         return result.to_json()
+
+    @app.post("/rerank")
+    async def rerank(request: Request) -> dict[str, Any]:
+        body = RerankRequest.from_json(await _json(request))
+        documents = list(body.documents)
+        scores = await asyncio.wrap_future(
+            engine.call(lambda: engine.rerank(body.query, documents))
+        )
+        return scores.to_json()
 
 
 def _add_completion_route(app: FastAPI, engine: Engine) -> None:

@@ -36,7 +36,7 @@ class Embedder:
         try:
             start = 0
             while start < len(inputs):
-                group = _group(inputs, start, n_ctx, min(EMBED_MAX_SEQS, n_ctx))
+                group = group_inputs(inputs, start, n_ctx, min(EMBED_MAX_SEQS, n_ctx))
                 vectors.extend(self._decode(ctx, batch, group))
                 start += len(group)
         finally:
@@ -106,7 +106,7 @@ class Embedder:
         return self._own_ctx
 
 
-def _group(inputs: list[list[int]], start: int, n_ctx: int, n_seq: int) -> list[list[int]]:
+def group_inputs(inputs: list[list[int]], start: int, n_ctx: int, n_seq: int) -> list[list[int]]:
     """The inputs from ``start`` on that fit one decode: at most ``n_seq`` of them, at most
     ``n_ctx`` tokens together (but always at least one)."""
     group: list[list[int]] = []

@@ -8,7 +8,7 @@ mlx-lm's server: llama.cpp contexts are not thread-safe).
 ``Engine`` is the thread and its state; the work lives beside it: ``model``
 (open, measure, allocate, warm up, free), ``slots`` (admission and prefix
 sharing), ``step`` (the decode step: continuous batching), ``sampling`` and
-``thinking`` (each sampled token), ``embedding``; ``state`` holds what they share.
+``thinking`` (each sampled token), ``embedding``, ``rerank``; ``state`` holds what they share.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from pollama.protocol.wire import (
     LoadOperation,
     LoadRequest,
     LoadResponse,
+    RerankResponse,
     RunnerStats,
 )
 from pollama.runner import llama
@@ -47,6 +48,7 @@ from pollama.runner.model import (
     gpus_of,
     load_config,
 )
+from pollama.runner.rerank import Reranker
 from pollama.runner.slots import admit, fail_all
 from pollama.runner.state import AllocationFailed, EngineError, Loaded, Request, Slot
 from pollama.runner.step import StepStats, step
@@ -60,7 +62,7 @@ _NOTHING: Any = object()
 
 class Engine:
     """Owns the model. Public methods are thread-safe; the ``_`` ones run on the engine thread
-    (as do ``load``, ``tokenize``, ``detokenize`` and ``embed``, through ``call``)."""
+    (as do ``load``, ``tokenize``, ``detokenize``, ``embed`` and ``rerank``, through ``call``)."""
 
     def __init__(self, model_path: str, *, verbose: bool = False, test_crash: str = "") -> None:
         self.model_path = model_path
@@ -268,5 +270,15 @@ class Engine:
     def embed(self, texts: list[str], truncate: bool) -> EmbeddingResponse:
         """As many inputs per decode as fit (``embedding``)."""
         self._require_loaded()
+        if self.gguf.is_reranker:
+            # Its pooled output is a score, not a vector of n_embd floats.
+            raise EngineError("this model is a reranker; it does not embed", status=400)
         assert self._embedder is not None
         return self._embedder.embed(texts, truncate)
+
+    def rerank(self, query: str, documents: list[str]) -> RerankResponse:
+        """One score per document, as many pairs per decode as fit (``rerank``)."""
+        loaded = self._require_loaded()
+        if not self.gguf.is_reranker:
+            raise EngineError("this model does not support reranking", status=400)
+        return Reranker(loaded, self._log).rerank(query, documents)

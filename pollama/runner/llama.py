@@ -198,12 +198,16 @@ class Vocab:
     def eos(self) -> int:
         return int(L.llama_vocab_eos(self._vocab))
 
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, add_special: bool = True, *, parse_special: bool = True
+    ) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 16
         while True:
             out = (L.llama_token * capacity)()
-            n = L.llama_tokenize(self._vocab, data, len(data), out, capacity, add_special, True)
+            n = L.llama_tokenize(
+                self._vocab, data, len(data), out, capacity, add_special, parse_special
+            )
             if n >= 0:
                 return list(out[:n])
             capacity = -n

@@ -200,6 +200,8 @@ class ModelLoader:
             flash_attention=config.flash_attention.value,
             kv_cache_type=config.kv_cache_type,
             embeddings=embedding,
+            # Explicit, not the model's default: a reranker's pooled output is its score.
+            pooling=L.LLAMA_POOLING_TYPE_RANK if self._gguf.is_reranker else None,
             unified=embedding,
         )
 

@@ -77,6 +77,8 @@ async def embed_inputs(
         await load_or_unload(state, model, options or {}, keep_alive)
         return Embedded((), 0, 0, time.perf_counter_ns() - started)
     spec, _ = await state.model(model)
+    if spec.model.is_reranker:
+        raise BadRequest(f'"{spec.name}" does not support embeddings (it is a reranker)')
     checked = validate_options(dict(options or {}))
     async with await state.scheduler.acquire(spec, checked, keep_alive) as lease:
         result = await lease.server.embedding(list(inputs), truncate=truncate)
