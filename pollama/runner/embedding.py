@@ -6,7 +6,8 @@ on first use, so embeddings never disturb the generation slots.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import llama_cpp as L
 
@@ -31,17 +32,7 @@ class Embedder:
         ctx = self._context()
         n_ctx = int(L.llama_n_ctx(ctx))
         inputs = [self._tokens(text, n_ctx, truncate) for text in texts]
-        vectors: list[tuple[float, ...]] = []
-        batch = llama.Batch(n_ctx)
-        try:
-            start = 0
-            while start < len(inputs):
-                group = group_inputs(inputs, start, n_ctx, min(EMBED_MAX_SEQS, n_ctx))
-                vectors.extend(self._decode(ctx, batch, group))
-                start += len(group)
-        finally:
-            batch.free()
-            L.llama_memory_clear(L.llama_get_memory(ctx), False)
+        vectors = decode_in_groups(ctx, inputs, n_ctx, self._decode)
         return EmbeddingResponse(tuple(vectors), sum(len(t) for t in inputs))
 
     def free(self) -> None:
@@ -104,6 +95,31 @@ class Embedder:
             if adapters:  # embeddings of the adapted model, at the adapters' load scales
                 adapters.set(ctx, adapters.defaults)
         return self._own_ctx
+
+
+T = TypeVar("T")
+
+
+def decode_in_groups(
+    ctx: Any,
+    inputs: list[list[int]],
+    limit: int,
+    decode: Callable[[Any, llama.Batch, list[list[int]]], list[T]],
+) -> list[T]:
+    """``decode`` over ``inputs``, one sequence each and as many per call as fit ``limit``
+    tokens; the context's memory is cleared afterwards (nothing of it is kept)."""
+    out: list[T] = []
+    batch = llama.Batch(limit)
+    try:
+        start = 0
+        while start < len(inputs):
+            group = group_inputs(inputs, start, limit, min(EMBED_MAX_SEQS, limit))
+            out.extend(decode(ctx, batch, group))
+            start += len(group)
+    finally:
+        batch.free()
+        L.llama_memory_clear(L.llama_get_memory(ctx), False)
+    return out
 
 
 def group_inputs(inputs: list[list[int]], start: int, n_ctx: int, n_seq: int) -> list[list[int]]:

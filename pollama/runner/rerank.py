@@ -18,7 +18,7 @@ import llama_cpp as L
 
 from pollama.protocol.wire import RerankResponse
 from pollama.runner import llama
-from pollama.runner.embedding import EMBED_MAX_SEQS, group_inputs
+from pollama.runner.embedding import decode_in_groups
 from pollama.runner.state import EngineError, Loaded
 
 _PLACEHOLDER = re.compile(r"\{(query|document)\}")
@@ -56,17 +56,7 @@ class Reranker:
                     f"the context holds {limit} (raise num_ctx)",
                     status=400,
                 )
-        scores: list[float] = []
-        batch = llama.Batch(limit)
-        try:
-            start = 0
-            while start < len(pairs):
-                group = group_inputs(pairs, start, limit, min(EMBED_MAX_SEQS, limit))
-                scores.extend(self._decode(ctx, batch, group))
-                start += len(group)
-        finally:
-            batch.free()
-            L.llama_memory_clear(L.llama_get_memory(ctx), False)
+        scores = decode_in_groups(ctx, pairs, limit, self._decode)
         return RerankResponse(tuple(scores), sum(len(t) for t in pairs))
 
     def _tokens(self, query: str, document: str) -> list[int]:
