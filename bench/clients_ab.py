@@ -83,6 +83,9 @@ def _level(
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench clients_ab", description=__doc__)
     parser.add_argument("--base", type=Path, required=True, help="the other pollama checkout")
+    parser.add_argument(
+        "--after", type=Path, default=ROOT, help="the checkout measured against it (this one)"
+    )
     parser.add_argument("--levels", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=128)
@@ -92,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     config = Config(demo_model_path(), args.threads, args.ctx)
     servers: dict[str, Server] = {
-        "after": Pollama(pythonpath=str(ROOT)),
+        "after": Pollama(pythonpath=str(args.after.resolve())),
         "before": Pollama(pythonpath=str(args.base.resolve())),
     }
     if args.llama_cpp_python:
