@@ -29,17 +29,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cpu(instance: Instance) -> dict[str, float]:
-    """CPU seconds so far: the server process itself, and its descendants together."""
+    """CPU seconds so far: the server process itself, its descendants together (pollama's
+    runner), and of those the main threads alone (the runner's HTTP event loop; the
+    engine thread and llama.cpp's workers are the others)."""
     root = psutil.Process(instance.process.pid)
     times = root.cpu_times()
-    children = 0.0
+    children = loops = 0.0
     for child in root.children(recursive=True):
         try:
             t = child.cpu_times()
-        except psutil.Error:
+            main = next(th for th in child.threads() if th.id == child.pid)
+        except (psutil.Error, StopIteration):
             continue
         children += t.user + t.system
-    return {"server": times.user + times.system, "runner": children}
+        loops += main.user_time + main.system_time
+    return {"server": times.user + times.system, "runner": children, "runner_loop": loops}
 
 
 def _round(instance: Instance, clients: int, tokens: int) -> dict[str, float]:
@@ -69,14 +73,17 @@ def _level(
     ours = got["after"]
     print(f"\n{clients} clients, {args.rounds} rounds, {args.tokens} tokens each")
     for name, rounds in got.items():
-        server_ms = statistics.median(r["server_ms_per_token"] for r in rounds)
-        runner_ms = statistics.median(r["runner_ms_per_token"] for r in rounds)
+        server_ms, runner_ms, loop_ms = (
+            statistics.median(r[f"{role}_ms_per_token"] for r in rounds)
+            for role in ("server", "runner", "runner_loop")
+        )
         ratios = [o["tps"] / t["tps"] for o, t in zip(ours, rounds, strict=True)]
         print(
             f"  {name:18s} tok/s median {statistics.median(r['tps'] for r in rounds):7.1f}"
             f"  after/{name} median {statistics.median(ratios):.3f}"
             f" (rounds {min(ratios):.3f}..{max(ratios):.3f})"
             f"  CPU ms/token server {server_ms:.3f} runner {runner_ms:.3f}"
+            f" (its HTTP loop {loop_ms:.3f})"
         )
 
 

@@ -221,8 +221,12 @@ def _lines(batch: list[Item]) -> tuple[bytes, bool]:
     return b"".join(out), False
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+"""Built once: ``json.dumps`` with separators builds an encoder per call (per token)."""
+
+
 def _line(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    return _ENCODE(body).encode() + b"\n"
 
 
 async def _json(request: Request) -> dict[str, Any]:
