@@ -3,6 +3,7 @@
 python -m bench compare    # pollama vs llama-server vs llama-cpp-python vs the raw engine
 python -m bench cpu_path   # llama.cpp's extra CPU buffer types on vs off (bench.cpu_path)
 python -m bench soak       # N clients for M minutes: failures, latency, leaks (bench.soak)
+python -m bench clients_ab # many streaming clients: this checkout vs another (bench.clients_ab)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ COMMANDS = {
     "compare": "bench.compare.cli",
     "cpu_path": "bench.cpu_path",
     "soak": "bench.soak",
+    "clients_ab": "bench.clients_ab",
 }
 
 

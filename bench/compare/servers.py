@@ -62,6 +62,8 @@ class Pollama(Server):
     """Embeddings need no flag: the runner makes an embedding context on first use."""
 
     name: str = POLLAMA
+    pythonpath: str = ""
+    """Run the pollama at this checkout instead (``bench.clients_ab``: before vs after)."""
 
     def command(
         self, config: Config, *, port: int, parallel: int, embeddings: bool, home: Path
@@ -73,6 +75,8 @@ class Pollama(Server):
             "OLLAMA_NUM_PARALLEL": str(parallel),
             "OLLAMA_CONTEXT_LENGTH": str(config.num_ctx),
         }
+        if self.pythonpath:
+            env["PYTHONPATH"] = self.pythonpath
         return [sys.executable, "-m", "pollama", "serve"], env
 
     def extra_body(self, config: Config) -> dict[str, Any]:

@@ -51,10 +51,14 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""Built once: ``json.dumps`` with options builds an encoder per call (per token)."""
+
+
 def encode(record: Record) -> str:
     if isinstance(record, BaseModel):
         return record.model_dump_json(exclude_none=True)
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODE(record)
 
 
 async def first_and_rest(

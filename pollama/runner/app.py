@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import uvicorn
@@ -23,12 +24,15 @@ from pollama.protocol.wire import (
     RerankRequest,
     memory_to_json,
 )
-from pollama.runner.engine import Engine
+from pollama.runner.engine import Engine, StepHooks
+from pollama.runner.outbox import Outbox, Stream
 from pollama.runner.state import EngineError
 from pollama.runner.state import Request as EngineRequest
 
 log = logging.getLogger(__name__)
 NDJSON = "application/x-ndjson"
+Item = CompletionChunk | CompletionDone | EngineError
+"""What the engine sends a completion's stream."""
 
 
 def create_app(engine: Engine) -> FastAPI:
@@ -136,42 +140,40 @@ def _add_model_routes(app: FastAPI, engine: Engine) -> None:
 
 
 def _add_completion_route(app: FastAPI, engine: Engine) -> None:
+    outboxes: list[Outbox[Item]] = []
+
     @app.post("/completion")
     async def completion(request: Request) -> Response:
-        return await _complete(engine, request)
+        if not outboxes:  # the first request runs on the loop that serves them all
+            outboxes.append(Outbox(asyncio.get_running_loop()))
+            engine.set_step_hooks(StepHooks(outboxes[0].hold, outboxes[0].flush))
+        return await _complete(engine, outboxes[0], request)
 
 
-async def _complete(engine: Engine, request: Request) -> Response:
+async def _complete(engine: Engine, outbox: Outbox[Item], request: Request) -> Response:
     """Submit the completion; stream its chunks as NDJSON once the first one is there."""
     body = CompletionRequest.from_json(await _json(request))
-    loop = asyncio.get_running_loop()
-    items: asyncio.Queue[CompletionChunk | CompletionDone | EngineError] = asyncio.Queue()
-
-    def emit(item: CompletionChunk | CompletionDone | EngineError) -> None:
-        loop.call_soon_threadsafe(items.put_nowait, item)
-
-    work = EngineRequest(body, emit)
+    items = outbox.stream()
+    work = EngineRequest(body, partial(outbox.put, items))
     engine.submit(work)
-    first = await _first_item(request, items, work)
+    first = await _first_items(request, items, work)
     if first is None:
         return Response(status_code=499)  # the client left before the first token
-    if isinstance(first, EngineError):
+    if isinstance(first[0], EngineError):
         # Nothing streamed yet: the error gets its own status code.
-        return JSONResponse({"error": str(first)}, status_code=first.status)
+        return JSONResponse({"error": str(first[0])}, status_code=first[0].status)
     return StreamingResponse(_stream(first, items, work), media_type=NDJSON)
 
 
-async def _first_item(
-    request: Request,
-    items: asyncio.Queue[CompletionChunk | CompletionDone | EngineError],
-    work: EngineRequest,
-) -> CompletionChunk | CompletionDone | EngineError | None:
-    """The first thing the engine sends, or None if the client disconnects first.
+async def _first_items(
+    request: Request, items: Stream[Item], work: EngineRequest
+) -> list[Item] | None:
+    """The first things the engine sends, or None if the client disconnects first.
 
     Prompt evaluation can take a while; a client that gives up meanwhile must
     free its slot then, not when the first token would have been sent.
     """
-    first = asyncio.ensure_future(items.get())
+    first = asyncio.ensure_future(items.take())
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({first, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -190,27 +192,41 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _stream(
-    first: CompletionChunk | CompletionDone,
-    items: asyncio.Queue[CompletionChunk | CompletionDone | EngineError],
-    work: EngineRequest,
+    first: list[Item], items: Stream[Item], work: EngineRequest
 ) -> AsyncIterator[bytes]:
-    item: CompletionChunk | CompletionDone | EngineError = first
+    """One write per take: the tokens of every step since the last write, in order."""
+    batch = first
     try:
         while True:
-            if isinstance(item, EngineError):
-                yield _line({"error": str(item)})
+            lines, last = _lines(batch)
+            yield lines
+            if last:
                 return
-            yield _line(item.to_json())
-            if isinstance(item, CompletionDone):
-                return
-            item = await items.get()
+            batch = await items.take()
     finally:
         # Client gone (or stream done): the engine frees the slot at its next step.
         work.cancelled.set()
 
 
+def _lines(batch: list[Item]) -> tuple[bytes, bool]:
+    """The batch as NDJSON, and whether it ends the stream (done or an error)."""
+    out = []
+    for item in batch:
+        if isinstance(item, EngineError):
+            out.append(_line({"error": str(item)}))
+            return b"".join(out), True
+        out.append(_line(item.to_json()))
+        if isinstance(item, CompletionDone):
+            return b"".join(out), True
+    return b"".join(out), False
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+"""Built once: ``json.dumps`` with separators builds an encoder per call (per token)."""
+
+
 def _line(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    return _ENCODE(body).encode() + b"\n"
 
 
 async def _json(request: Request) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import llama_cpp as L
@@ -60,6 +60,12 @@ T = TypeVar("T")
 _NOTHING: Any = object()
 
 
+@dataclass(frozen=True)
+class StepHooks:
+    before: Callable[[], None] = lambda: None
+    after: Callable[[], None] = lambda: None
+
+
 class Engine:
     """Owns the model. Public methods are thread-safe; the ``_`` ones run on the engine thread
     (as do ``load``, ``tokenize``, ``detokenize``, ``embed`` and ``rerank``, through ``call``)."""
@@ -84,6 +90,7 @@ class Engine:
             model_path, self.gguf, self._log, progress=self._progress_cb, test_crash=test_crash
         )
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._hooks = StepHooks()
         L.llama_backend_init()
 
     # -- thread-safe API -------------------------------------------------------
@@ -108,6 +115,11 @@ class Engine:
 
         self._inbox.put(run)
         return future
+
+    def set_step_hooks(self, hooks: StepHooks) -> None:
+        """Called on the engine thread around each decode step (from the next step on):
+        the HTTP side holds what a step emits and sends it in one go (``outbox``)."""
+        self._hooks = hooks
 
     def submit(self, request: Request) -> None:
         self._inbox.put(request)
@@ -147,11 +159,14 @@ class Engine:
                 except queue.Empty:
                     item = _NOTHING
             if self._has_work():
+                self._hooks.before()
                 try:
                     self._step()
                 except Exception as exc:  # a failed decode fails its requests, not the runner
                     log.exception("decode step failed")
                     self._fail_all(EngineError(f"llama.cpp decode failed: {exc}"))
+                finally:
+                    self._hooks.after()
 
     def _has_work(self) -> bool:
         if self._loaded is None:
