@@ -140,6 +140,13 @@ class RunnerProcess:
             return False
         return True
 
+    async def send_line(self, text: str) -> None:
+        """One line on the child's stdin (a spare runner reads its model path there)."""
+        stdin = self._proc.stdin
+        assert stdin is not None
+        stdin.write(text.encode() + b"\n")
+        await stdin.drain()
+
     def kill(self) -> None:
         """SIGKILL now: for a runner that cannot be asked (stopped by a signal, wedged)."""
         with contextlib.suppress(ProcessLookupError):
