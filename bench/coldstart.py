@@ -156,6 +156,7 @@ def serving(checkout: Path, state: Path) -> Iterator[tuple[str, subprocess.Popen
         proc = subprocess.Popen(
             [sys.executable, "-m", "pollama", "serve"],
             env=env,
+            cwd=checkout,  # `-m` puts the working directory first on sys.path
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -197,6 +198,7 @@ def measure_run(checkout: Path, state: Path) -> float:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pollama", "run", "smollm2", "Hi"],
             env=env,
+            cwd=checkout,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
