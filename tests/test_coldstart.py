@@ -89,6 +89,13 @@ def test_a_dead_spare_is_not_used(tmp_path: Path):
         generate(server)
         (runner,) = server.runner_pids()
         assert runner != spare
+        # A spare that died idle says the environment may be broken: none replaces it,
+        # so the next model's load starts its own runner too.
+        assert server.post("/api/copy", {"source": "smollm2", "destination": "other"}).is_success
+        generate(server, "other")
+        log = Path(server.log.name).read_text()
+        assert "died while idle" in log
+        assert log.count("starting runner") == 2 and "takes model" not in log
     finally:
         server.stop()
 

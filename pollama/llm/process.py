@@ -95,9 +95,14 @@ class RunnerProcess:
 
     @classmethod
     async def spawn(
-        cls, command: Sequence[str], env: Mapping[str, str], *, stop_grace: float = 5.0
+        cls,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        stop_grace: float = 5.0,
+        label: str = "runner",
     ) -> RunnerProcess:
-        log.info("starting runner: %s", " ".join(command))
+        log.info("starting %s: %s", label, " ".join(command))
         log.debug(
             "runner environment: %s",
             " ".join(f"{k}={v}" for k, v in relevant_environment(env).items()),

@@ -48,6 +48,9 @@ class SpareRunner:
         self._spare: Spare | None = None
         self._starting: asyncio.Task[None] | None = None
         self._closed = False
+        self._broken = False
+        """A spare died while idle (a broken environment, the OOM killer): start no more;
+        loads start their own runners, and the reason shows in their errors."""
 
     @property
     def pid(self) -> int | None:
@@ -56,7 +59,7 @@ class SpareRunner:
 
     def start(self) -> None:
         """Launch a spare in the background unless one is there or starting (idempotent)."""
-        if not self._enabled or self._closed or self._spare is not None:
+        if not self._enabled or self._closed or self._broken or self._spare is not None:
             return
         if self._starting is None or self._starting.done():
             self._starting = asyncio.ensure_future(self._spawn())
@@ -72,12 +75,22 @@ class SpareRunner:
         self._spare = None
         if spare.process.has_exited():
             process = spare.process
-            log.info("spare runner pid=%d had exited: %s", process.pid, process.exit_reason)
+            log.warning(
+                "spare runner pid=%d died while idle (%s); starting no more spares",
+                process.pid,
+                process.exit_reason,
+            )
+            self._broken = True
             return None
         try:
             await spare.process.send_line(str(model))
         except (OSError, RuntimeError) as exc:  # it died between the check and the write
-            log.info("spare runner pid=%d could not take a model: %s", spare.process.pid, exc)
+            log.warning(
+                "spare runner pid=%d died while idle (%s); starting no more spares",
+                spare.process.pid,
+                exc,
+            )
+            self._broken = True
             await spare.process.stop()
             return None
         log.info("spare runner pid=%d takes model=%s", spare.process.pid, model.name)
@@ -97,7 +110,9 @@ class SpareRunner:
         env = runner_environment((), os.environ)
         command = [sys.executable, *RUNNER_MODULE, "--port", str(port)]
         try:
-            process = await RunnerProcess.spawn(command, env, stop_grace=self._stop_grace)
+            process = await RunnerProcess.spawn(
+                command, env, stop_grace=self._stop_grace, label="spare runner"
+            )
         except OSError as exc:
             log.warning("could not start a spare runner: %s", exc)
             return
