@@ -150,13 +150,16 @@ class Scheduler:
         )
 
     def warm_up(self) -> None:
-        """Start what the first load will want (the spare runner) while the server starts."""
+        """Start the spare runner the next load will want; with no GPU only (a load that
+        chose GPUs starts its own runner, seeing only those)."""
         if self._spares is not None and not self._closed:
-            self._spares.start()
+            self._gpu_count = len(self._gpu_probe()) if self._gpu_count is None else self._gpu_count
+            if self._gpu_count == 0:
+                self._spares.start()
 
     def _refill_spare(self) -> None:
         """Replace a taken spare once nothing runs or loads: its imports (a second of CPU)
-        must not slow the load that took the last one, nor that load's first reply."""
+        must not slow the load that took the last one, nor its first reply."""
         if not self._loading and not any(r.in_flight for r in self._runners.values()):
             self.warm_up()
 
