@@ -1,6 +1,7 @@
 """``python -m bench <benchmark> [options]``: the benchmarks by name.
 
 python -m bench compare    # pollama vs llama-server vs llama-cpp-python vs the raw engine
+python -m bench coldstart  # cold start, swap, `pollama run`, RSS: two checkouts (bench.coldstart)
 python -m bench cpu_path   # llama.cpp's extra CPU buffer types on vs off (bench.cpu_path)
 python -m bench soak       # N clients for M minutes: failures, latency, leaks (bench.soak)
 python -m bench clients_ab # many streaming clients: this checkout vs another (bench.clients_ab)
@@ -12,6 +13,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "coldstart": "bench.coldstart",
     "compare": "bench.compare.cli",
     "cpu_path": "bench.cpu_path",
     "soak": "bench.soak",

@@ -400,8 +400,12 @@ def _runners(server: psutil.Process) -> list[psutil.Process]:
     found = []
     for child in server.children(recursive=True):
         try:
-            if "runner" in child.cmdline():
-                found.append(child)
+            command = child.cmdline()
+            # A runner: `-m pollama.runner` (or the CLI's `runner`) with a model; an idle
+            # spare (no --model, not yet renamed pollama-runner) serves nothing yet.
+            if "pollama.runner" in command or "runner" in command:
+                if "--model" in command or child.name() == "pollama-runner":
+                    found.append(child)
         except psutil.Error:
             continue  # exited between the listing and the read
     return found

@@ -6,6 +6,7 @@ package (it would import its own plugin host).
 
 from __future__ import annotations
 
+import base64
 from importlib import metadata
 from pathlib import Path
 
@@ -18,6 +19,13 @@ _FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def demo_model_path() -> Path:
     """Path of the demo GGUF; ModelNotFound when the ``demo`` extra is not installed."""
+    return demo_model()[0]
+
+
+def demo_model() -> tuple[Path, str | None]:
+    """The demo GGUF's path and its ``sha256:`` digest as the wheel's RECORD gives it (None
+    when RECORD has no hash, or a size that is not the file's): importing it into the
+    store then needs no second of hashing. ModelNotFound as ``demo_model_path``."""
     try:
         dist = metadata.distribution(_DISTRIBUTION)
     except metadata.PackageNotFoundError:
@@ -28,8 +36,19 @@ def demo_model_path() -> Path:
         if entry.name == _FILENAME:
             path = Path(str(dist.locate_file(entry)))
             if path.is_file():
-                return path
+                return path, _recorded_digest(entry, path)
     raise ModelNotFound(f"{DEMO_MODEL_NAME} ({_FILENAME} missing from {_DISTRIBUTION})")
+
+
+def _recorded_digest(entry: metadata.PackagePath, path: Path) -> str | None:
+    recorded = entry.hash
+    if recorded is None or recorded.mode != "sha256" or entry.size != path.stat().st_size:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(recorded.value + "=" * (-len(recorded.value) % 4))
+    except ValueError:
+        return None
+    return "sha256:" + raw.hex() if len(raw) == 32 else None
 
 
 def resolve_model_path(name_or_path: str) -> Path:

@@ -92,6 +92,9 @@ class Settings:
     """The store cannot change through the API (POLLAMA_READ_ONLY)."""
     client_api_key: str = field(default="", repr=False)
     """The key the CLI sends (POLLAMA_API_KEY, else OLLAMA_API_KEY)."""
+    spare_runner: bool = True
+    """Keep one runner process started and waiting for its model, so a load skips the
+    runner's start and imports (POLLAMA_SPARE_RUNNER; CPU-only loads use it)."""
     test_crash: str = ""
     """Test-only (POLLAMA_TEST_CRASH): ``runner|probe:SIGNAL[:always]`` makes that process
     send itself SIGNAL before its first decode (``pollama.runner.crash_hook``)."""
@@ -138,6 +141,7 @@ class Settings:
             metrics_public=_bool(env.get("POLLAMA_METRICS_PUBLIC", "")) is True,
             read_only=_bool(env.get("POLLAMA_READ_ONLY", "")) is True,
             client_api_key=(env.get("POLLAMA_API_KEY") or env.get("OLLAMA_API_KEY") or "").strip(),
+            spare_runner=_bool(env.get("POLLAMA_SPARE_RUNNER", "")) is not False,
             test_crash=env.get("POLLAMA_TEST_CRASH", "").strip(),
         )
 

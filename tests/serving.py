@@ -112,8 +112,25 @@ class Server:
         return events
 
     def runner_pids(self) -> list[int]:
-        children = psutil.Process(self.process.pid).children(recursive=True)
-        return [c.pid for c in children if "runner" in " ".join(c.cmdline())]
+        """The runners serving a model: started with ``--model``, or a spare that took one
+        (it names itself ``pollama-runner`` before it reads the model)."""
+        return [pid for pid, spare in self._runner_children() if not spare]
+
+    def spare_pids(self) -> list[int]:
+        """Idle spare runners: started with no model, not yet told one."""
+        return [pid for pid, spare in self._runner_children() if spare]
+
+    def _runner_children(self) -> list[tuple[int, bool]]:
+        found = []
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                with child.oneshot():
+                    command, name = child.cmdline(), child.name()
+            except psutil.NoSuchProcess:
+                continue
+            if "runner" in " ".join(command):
+                found.append((child.pid, "--model" not in command and name != "pollama-runner"))
+        return found
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -298,9 +298,26 @@ def test_cancelled_load_still_closes_the_model():
     assert runner.operations == [FIT, ALLOC, CLOSE]
 
 
-def test_cpu_only_load_uses_no_devices():
+def test_cpu_only_load_uses_no_devices_and_skips_the_dry_run():
     runner = FakeRunner([])
     result = run_load(runner, [])
-    assert runner.operations == [FIT, ALLOC, COMMIT]
+    assert runner.operations == [ALLOC, COMMIT]
     assert result.layout == Layout()
     assert result.devices() == []
+    # The figures kept are the allocation's (measured), not the estimate.
+    assert result.memory == memory(Layout(), [], S, S)
+
+
+def test_cpu_only_allocation_that_fails_backs_off_and_closes_as_before():
+    runner = FakeRunner([], alloc_ok=lambda attempt: False)
+    with pytest.raises(LoadError, match="cannot be allocated"):
+        run_load(runner, [])
+    assert FIT not in runner.operations
+    assert runner.operations[0] is ALLOC and runner.operations[-1] is CLOSE
+
+
+def test_a_load_with_a_gpu_still_starts_with_the_dry_run():
+    gpus = [gpu(room_for(N, S))]
+    runner = FakeRunner(gpus)
+    run_load(runner, gpus)
+    assert runner.operations == [FIT, ALLOC, COMMIT]

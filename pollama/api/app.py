@@ -66,6 +66,7 @@ def key_ring(settings: Settings) -> KeyRing:
 def create_app(state: ServerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.scheduler.warm_up()
         try:
             yield
         finally:

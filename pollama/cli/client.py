@@ -30,6 +30,8 @@ TIMEOUT = httpx.Timeout(None, connect=10.0)
 HEARTBEAT_TIMEOUT = httpx.Timeout(2.0)
 START_DEADLINE_S = 60.0
 """How long a server started in the background may take to answer."""
+_START_POLL_S = 0.02
+"""Between polls of a server starting in the background (a refused connect is cheap)."""
 
 
 Stream = Generator[dict[str, Any], None, None]
@@ -292,7 +294,7 @@ def wait_until_up(
         if client.heartbeat():
             return
         try:
-            process.wait(timeout=0.1)  # also the pause between polls
+            process.wait(timeout=_START_POLL_S)  # also the pause between polls
         except subprocess.TimeoutExpired:
             continue
         if client.heartbeat():  # another server won the race for the port

@@ -3,6 +3,8 @@
 The server's estimate is a first guess. The runner knows better (exact buffer
 and compute-graph sizes from llama.cpp), so loading is a conversation:
 
+With no GPU, step 1 is skipped: every figure gives the same all-CPU layout.
+
 1. Send the current layout with operation ``fit`` (report memory, allocate
    nothing); lay out again from the figures that come back. Keep going while
    the new layout is one not tried yet and places no more layers than the
@@ -89,7 +91,7 @@ class LoadLoop:
 
     async def run(self) -> LoadResult:
         try:
-            for operation in (LoadOperation.FIT, LoadOperation.ALLOC):
+            for operation in self._operations():
                 await self._settle(operation)
             response = await self._send(LoadOperation.COMMIT, self.layout)
             if not response.success:
@@ -99,6 +101,14 @@ class LoadLoop:
             raise
         log.info("model loaded: layout=%s", self.layout)
         return LoadResult(self.layout, self.memory)
+
+    def _operations(self) -> tuple[LoadOperation, ...]:
+        """With no GPU there is one layout (all on the CPU) whatever the figures say, so
+        the dry run could change nothing: the load allocates at once, and the allocation
+        reports the same measured figures (and fails, backs off, closes as before)."""
+        if not self._gpus:
+            return (LoadOperation.ALLOC,)
+        return (LoadOperation.FIT, LoadOperation.ALLOC)
 
     async def _settle(self, operation: LoadOperation) -> None:
         """Iterate ``operation`` until the layout stops changing and the runner accepts it."""

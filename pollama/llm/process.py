@@ -95,9 +95,14 @@ class RunnerProcess:
 
     @classmethod
     async def spawn(
-        cls, command: Sequence[str], env: Mapping[str, str], *, stop_grace: float = 5.0
+        cls,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        stop_grace: float = 5.0,
+        label: str = "runner",
     ) -> RunnerProcess:
-        log.info("starting runner: %s", " ".join(command))
+        log.info("starting %s: %s", label, " ".join(command))
         log.debug(
             "runner environment: %s",
             " ".join(f"{k}={v}" for k, v in relevant_environment(env).items()),
@@ -139,6 +144,13 @@ class RunnerProcess:
         except TimeoutError:
             return False
         return True
+
+    async def send_line(self, text: str) -> None:
+        """One line on the child's stdin (a spare runner reads its model path there)."""
+        stdin = self._proc.stdin
+        assert stdin is not None
+        stdin.write(text.encode() + b"\n")
+        await stdin.drain()
 
     def kill(self) -> None:
         """SIGKILL now: for a runner that cannot be asked (stopped by a signal, wedged)."""

@@ -39,9 +39,10 @@ from pollama.errors import (
     RunnerHTTPError,
 )
 from pollama.ggufmeta import GGUFModel, read_model
-from pollama.llm.load import load_model
+from pollama.llm.load import LoadResult, load_model
 from pollama.llm.process import RunnerProcess, free_port, runner_environment
 from pollama.llm.runner_client import RunnerClient
+from pollama.llm.spare import RUNNER_MODULE, SpareRunner
 from pollama.llm.status import explain_error
 from pollama.memory.layout import Layout, LayoutPolicy
 from pollama.memory.placement import plan_placement
@@ -81,6 +82,8 @@ class CrashObserver(Protocol):
 
 POLL_INTERVAL = 0.1
 """Seconds between /health polls while a runner starts or loads."""
+LAUNCH_POLL_INTERVAL = 0.02
+"""Seconds between /health polls until a new runner listens (a refused connect is cheap)."""
 EXIT_GRACE = 3.0
 """After a broken connection, how long to wait for the process to be reaped
 before concluding it is alive (a dying process closes its sockets first)."""
@@ -138,18 +141,26 @@ class LlamaServer:
         projector: str = "",
         stop_grace: float = 5.0,
         on_crash: CrashObserver | None = None,
+        spares: SpareRunner | None = None,
     ) -> LlamaServer:
-        """Start ``pollama runner`` for ``model`` on a free loopback port, seeing only ``gpus``."""
+        """Start a runner for ``model`` on a free loopback port, seeing only ``gpus``: the
+        spare when one fits (``spares``), else a new process."""
         # A LoRA file that is not a GGUF is refused here (InvalidModelFile), before a runner.
         adapters = await asyncio.to_thread(lambda: tuple(read_model(p) for p in lora))
-        port = free_port()
-        base = list(runner_command or [sys.executable, "-m", "pollama", "runner"])
-        command = [*base, "--model", str(model.path), "--port", str(port)]
         env = runner_environment(gpus, os.environ)
-        try:
-            process = await RunnerProcess.spawn(command, env, stop_grace=stop_grace)
-        except OSError as exc:
-            raise RunnerError(f"error starting runner: {exc}") from exc
+        taken = None
+        if spares is not None and runner_command is None:
+            taken = await spares.take(model.path, env)
+        if taken is not None:
+            process, port = taken
+        else:
+            port = free_port()
+            base = list(runner_command or [sys.executable, *RUNNER_MODULE])
+            command = [*base, "--model", str(model.path), "--port", str(port)]
+            try:
+                process = await RunnerProcess.spawn(command, env, stop_grace=stop_grace)
+            except OSError as exc:
+                raise RunnerError(f"error starting runner: {exc}") from exc
         try:
             if client_factory is None:
                 client = RunnerClient(port, load_timeout=settings.load_timeout)
@@ -242,26 +253,36 @@ class LlamaServer:
             policy.num_gpu,
             placement.layout,
         )
+        result = await self._load_placed(placement.layout, placement.memory, system, gpus, policy)
+        self._memory, self._layout = result.memory, result.layout
+        self._load_progress = 1.0
+        self._loaded = True
+        return result.devices()
+
+    async def _load_placed(
+        self,
+        layout: Layout,
+        memory: BackendMemory,
+        system: SystemInfo,
+        gpus: Sequence[DeviceInfo],
+        policy: LayoutPolicy,
+    ) -> LoadResult:
         await self.wait_launched()
         # The runner answers /load only once the tensors are read; its /health says how
         # far it is meanwhile, for `pollama run`'s progress display.
         watcher = asyncio.create_task(self._watch_progress())
         try:
-            result = await load_model(
+            return await load_model(
                 _CheckedLoads(self),
                 system,
                 gpus,
                 request=self._load_request,
-                layout=placement.layout,
-                memory=placement.memory,
+                layout=layout,
+                memory=memory,
                 policy=policy,
             )
         finally:
             watcher.cancel()
-        self._memory, self._layout = result.memory, result.layout
-        self._load_progress = 1.0
-        self._loaded = True
-        return result.devices()
 
     async def _watch_progress(self) -> None:
         while True:
@@ -280,7 +301,7 @@ class LlamaServer:
         while await self._poll_health() is None:
             if loop.time() - started > self._settings.load_timeout:
                 raise LoadError("timed out waiting for the runner to start")
-            await self._process.wait_exited(POLL_INTERVAL)
+            await self._process.wait_exited(LAUNCH_POLL_INTERVAL)
 
     async def wait_until_running(self) -> None:
         """Poll /health until the model is ready. Fails after ``load_timeout`` seconds

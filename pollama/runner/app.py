@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -239,8 +240,16 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
-def serve(model: str, port: int, *, verbose: bool = False, test_crash: str = "") -> None:
-    """Run the runner until terminated. Loopback only: the runner trusts its caller."""
+def serve(
+    model: str,
+    port: int,
+    *,
+    verbose: bool = False,
+    test_crash: str = "",
+    sock: socket.socket | None = None,
+) -> None:
+    """Run the runner until terminated. Loopback only: the runner trusts its caller.
+    ``sock``: already bound to ``port`` and listening (a spare holds its port while idle)."""
     engine = Engine(model, verbose=verbose, test_crash=test_crash)
     engine.start()
     config = uvicorn.Config(
@@ -252,6 +261,6 @@ def serve(model: str, port: int, *, verbose: bool = False, test_crash: str = "")
         lifespan="off",
     )
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
     finally:
         engine.stop()

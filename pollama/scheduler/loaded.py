@@ -21,6 +21,7 @@ from pollama.devices.types import DeviceInfo
 from pollama.ggufmeta import GGUFModel
 from pollama.llm.interface import LlamaServerLike
 from pollama.llm.server import CrashObserver, LlamaServer
+from pollama.llm.spare import SpareRunner
 from pollama.options.load import LoadConfig, LoadOptions
 from pollama.settings import Settings
 
@@ -242,6 +243,7 @@ def llama_server_factory(
     settings: Settings,
     runner_command: Sequence[str] | None = None,
     on_crash: CrashObserver | None = None,
+    spares: SpareRunner | None = None,
 ) -> ServerFactory:
     """The production ``ServerFactory``: ``LlamaServer.start`` for the spec's files;
     ``on_crash`` hears of runners the engine's code killed (the CPU path's verdicts)."""
@@ -258,6 +260,7 @@ def llama_server_factory(
             lora=spec.adapters,
             projector=spec.projector,
             on_crash=on_crash,
+            spares=spares,
         )
 
     return start

@@ -56,6 +56,7 @@ from pollama.errors import (
     QueueFull,
 )
 from pollama.llm.interface import LlamaServerLike
+from pollama.llm.spare import SpareRunner
 from pollama.memory.layout import LayoutPolicy
 from pollama.options.load import LoadConfig, LoadOptions, resolve_load_options
 from pollama.scheduler.keepalive import load_options, normalize_keep_alive
@@ -99,6 +100,7 @@ class Scheduler:
         on_load: Callable[[str, float], None] | None = None,
         on_restart: Callable[[str], None] | None = None,
         cpu_path: Callable[[], Awaitable[ExtraBuffers]] = _plain_path,
+        spares: SpareRunner | None = None,
     ) -> None:
         self.on_load = on_load
         """Called with (model, seconds by the clock) when a load finishes."""
@@ -110,6 +112,7 @@ class Scheduler:
         self._gpu_probe = gpu_probe
         self._clock = clock
         self._cpu_path = cpu_path
+        self._spares = spares
         self._runners: dict[str, LoadedModel] = {}
         self._loading: dict[str, PendingLoad] = {}
         self._starting: dict[str, LlamaServerLike] = {}
@@ -135,14 +138,30 @@ class Scheduler:
     ) -> Scheduler:
         """A scheduler over real runners, real GPUs and system memory."""
         path = cpu_path or CpuPath.for_settings(settings)
+        spares = None if server_factory else SpareRunner(enabled=settings.spare_runner)
         return cls(
             settings,
             server_factory=server_factory
-            or llama_server_factory(settings, on_crash=path.record_crash),
+            or llama_server_factory(settings, on_crash=path.record_crash, spares=spares),
             system_probe=system_info,
             gpu_probe=lambda: discover_gpus(settings),
             cpu_path=path.extra_buffers,
+            spares=spares,
         )
+
+    def warm_up(self) -> None:
+        """Start the spare runner the next load will want; with no GPU only (a load that
+        chose GPUs starts its own runner, seeing only those)."""
+        if self._spares is not None and not self._closed:
+            self._gpu_count = len(self._gpu_probe()) if self._gpu_count is None else self._gpu_count
+            if self._gpu_count == 0:
+                self._spares.start()
+
+    def _refill_spare(self) -> None:
+        """Replace a taken spare once nothing runs or loads: its imports (a second of CPU)
+        must not slow the load that took the last one, nor its first reply."""
+        if not self._loading and not any(r.in_flight for r in self._runners.values()):
+            self.warm_up()
 
     @property
     def waiting(self) -> int:
@@ -268,6 +287,8 @@ class Scheduler:
         if pending:
             await asyncio.wait(pending)
         await self._settle_closes()
+        if self._spares is not None:
+            await self._spares.close()
         log.info("scheduler stopped")
 
     # -- slots --------------------------------------------------------------------------
@@ -301,6 +322,7 @@ class Scheduler:
         runner.in_flight -= 1
         runner.last_used = self._clock()
         self._notify()
+        self._refill_spare()
         if runner.in_flight > 0 or self._runners.get(runner.name) is not runner:
             return None
         if runner.dead():
@@ -378,6 +400,7 @@ class Scheduler:
                 if self._loading[spec.name].task is asyncio.current_task():
                     del self._loading[spec.name]
             self._notify()
+            self._refill_spare()  # after a failed load; a loaded one holds its first slot
 
     async def _retire(self, name: str) -> None:
         """Unload the runner loaded under ``name`` (it cannot serve the new load's

@@ -162,6 +162,24 @@ class BlobStore:
                 self._commit(f, partial, final)
         return digest
 
+    def link_file(self, path: Path, digest: str) -> str:
+        """Place a file whose digest is already known (a wheel's RECORD vouches for it) as
+        a hard link, neither read nor copied; a copy hashed as it streams (``add_file``)
+        where the store is on another file system. Returns the digest."""
+        final = self.blob_path(digest)
+        if final.is_file():
+            return digest
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.blobs_dir / f"{PARTIAL_PREFIX}{secrets.token_hex(8)}"
+        try:
+            os.link(path, partial)
+        except OSError as exc:
+            log.debug("cannot link %s into the store (%s); copying it", path, exc)
+            return self.add_file(path)
+        os.replace(partial, final)
+        fsync_dir(final.parent)
+        return digest
+
     @contextlib.contextmanager
     def file_to_fill(self) -> Iterator[Path]:
         """An empty partial file in ``blobs/`` for another writer (a child process) to fill:

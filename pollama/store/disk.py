@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pollama.demo import DEMO_MODEL_NAME, demo_model_path
+from pollama.demo import DEMO_MODEL_NAME, demo_model
 from pollama.errors import InvalidModelName, ModelNotFound
 from pollama.ggufmeta import read_model
 from pollama.store.blobs import BLOB_FILE, TEMP_PREFIX, BlobStore, atomic_write
@@ -270,10 +270,19 @@ class Store(BlobStore):
         )
         return self._commit_plan(name, plan, report)
 
-    def import_gguf(self, name: ModelName, path: Path, progress: Progress | None = None) -> str:
-        """Create ``name`` from a local GGUF file (copied into the store); returns the digest."""
+    def import_gguf(
+        self,
+        name: ModelName,
+        path: Path,
+        progress: Progress | None = None,
+        *,
+        digest: str | None = None,
+    ) -> str:
+        """Create ``name`` from a local GGUF file (copied into the store; linked when its
+        ``digest`` is known already); returns the digest."""
         read_model(path)  # fail before copying gigabytes of something that is not a model
-        return self.create_model(name, model_blob=self.add_file(path), progress=progress)
+        blob = self.link_file(path, digest) if digest else self.add_file(path)
+        return self.create_model(name, model_blob=blob, progress=progress)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -387,7 +396,8 @@ def ensure_demo(store: Store) -> ModelName:
     """The bundled demo model's name, importing it into ``store`` on first use."""
     name = ModelName.parse(f"{DEMO_MODEL_NAME}:latest")
     if store.read_manifest(name) is None:
-        store.import_gguf(name, demo_model_path())
+        path, digest = demo_model()
+        store.import_gguf(name, path, digest=digest)
     return name
 
 
