@@ -104,6 +104,8 @@ class LoadRequest:
     projector: str = ""
     extra_buffers: ExtraBuffers = PLAIN
     """llama.cpp's extra CPU buffer types: on or off, and what the estimate needs of them."""
+    draft_max: int = 0
+    """Draft tokens a sequence may verify per step (speculative decoding); 0 = none."""
 
     def to_json(self) -> dict[str, Any]:
         skip = ("layout", "extra_buffers")
@@ -131,6 +133,7 @@ class LoadRequest:
                 lora=tuple(str(p) for p in body.get("lora", ())),
                 projector=str(body.get("projector", "") or ""),
                 extra_buffers=ExtraBuffers.from_json(body.get("extra_buffers")),
+                draft_max=max(0, int(body.get("draft_max", 0))),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ProtocolError(f"bad load request: {exc}") from None
@@ -351,6 +354,10 @@ class CompletionDone:
     prompt_cached: int = 0
     """Prompt tokens not evaluated because the slot's cache held them (Ollama's
     prompt_eval_count leaves them out; OpenAI's usage counts them as cached)."""
+    draft_count: int = 0
+    """Draft tokens verified for this request (speculative decoding)."""
+    draft_accepted: int = 0
+    """Of those, the ones its sampling agreed with (each one a decode step saved)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"done": True, **asdict(self)}
@@ -375,6 +382,8 @@ def parse_completion_line(body: Mapping[str, Any]) -> CompletionChunk | Completi
                 eval_duration=int(body["eval_duration"]),
                 content=str(body.get("content", "")),
                 prompt_cached=int(body.get("prompt_cached", 0)),
+                draft_count=int(body.get("draft_count", 0)),
+                draft_accepted=int(body.get("draft_accepted", 0)),
             )
         return CompletionChunk(
             content=str(body["content"]),
@@ -478,6 +487,10 @@ class RunnerStats:
     lora_switches: int = 0
     """Times a step changed the LoRA scales on the context (requests with different
     ``lora`` scales never share a step)."""
+    draft_tokens: int = 0
+    """Draft tokens verified (speculative decoding)."""
+    draft_accepted: int = 0
+    """Of those, the ones the model's own sampling agreed with."""
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -493,6 +506,8 @@ class RunnerStats:
             {int(k): int(v) for k, v in body["sequences_per_step"].items()},
             int(body.get("images_encoded", 0)),
             int(body.get("lora_switches", 0)),
+            int(body.get("draft_tokens", 0)),
+            int(body.get("draft_accepted", 0)),
         )
 
 
