@@ -3,6 +3,7 @@
 python -m bench compare    # pollama vs llama-server vs llama-cpp-python vs the raw engine
 python -m bench cpu_path   # llama.cpp's extra CPU buffer types on vs off (bench.cpu_path)
 python -m bench soak       # N clients for M minutes: failures, latency, leaks (bench.soak)
+python -m bench spec       # speculative decoding on vs off: decode rate ratios (bench.spec)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ COMMANDS = {
     "compare": "bench.compare.cli",
     "cpu_path": "bench.cpu_path",
     "soak": "bench.soak",
+    "spec": "bench.spec",
 }
 
 

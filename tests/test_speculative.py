@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from serving import Server
 
 from pollama.runner.lookup import Lookup, Pace
-from serving import Server
 
 PARAGRAPH = (
     "The quick brown fox jumps over the lazy dog near the river bank. Every morning the "
