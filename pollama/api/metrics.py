@@ -107,18 +107,7 @@ class Metrics:
         self.generated_tokens = Counter(
             "pollama_generated_tokens", "Tokens generated.", ["model"], registry=r
         )
-        self.draft_tokens = Counter(
-            "pollama_draft_tokens",
-            "Draft tokens verified by speculative decoding.",
-            ["model"],
-            registry=r,
-        )
-        self.draft_accepted = Counter(
-            "pollama_draft_accepted_tokens",
-            "Draft tokens the model's own sampling agreed with (decode steps saved).",
-            ["model"],
-            registry=r,
-        )
+        self.draft_tokens, self.draft_accepted = _draft_counters(r)
         self.first_token_seconds = Histogram(
             "pollama_time_to_first_token_seconds",
             "From a completion's start (waiting for a slot or load included) "
@@ -181,6 +170,23 @@ class Metrics:
 
     def runner_restarted(self, model: str) -> None:
         self.restarts.labels(model).inc()
+
+
+def _draft_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
+    """Speculative decoding's series: drafted tokens, and those accepted."""
+    drafted = Counter(
+        "pollama_draft_tokens",
+        "Draft tokens verified by speculative decoding.",
+        ["model"],
+        registry=registry,
+    )
+    accepted = Counter(
+        "pollama_draft_accepted_tokens",
+        "Draft tokens the model's own sampling agreed with (decode steps saved).",
+        ["model"],
+        registry=registry,
+    )
+    return drafted, accepted
 
 
 class CompletionMeter:

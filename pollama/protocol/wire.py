@@ -104,8 +104,7 @@ class LoadRequest:
     projector: str = ""
     extra_buffers: ExtraBuffers = PLAIN
     """llama.cpp's extra CPU buffer types: on or off, and what the estimate needs of them."""
-    draft_max: int = 0
-    """Draft tokens a sequence may verify per step (speculative decoding); 0 = none."""
+    draft_max: int = 0  # draft tokens a sequence may verify per step; 0 = no speculation
 
     def to_json(self) -> dict[str, Any]:
         skip = ("layout", "extra_buffers")
@@ -354,10 +353,8 @@ class CompletionDone:
     prompt_cached: int = 0
     """Prompt tokens not evaluated because the slot's cache held them (Ollama's
     prompt_eval_count leaves them out; OpenAI's usage counts them as cached)."""
-    draft_count: int = 0
-    """Draft tokens verified for this request (speculative decoding)."""
-    draft_accepted: int = 0
-    """Of those, the ones its sampling agreed with (each one a decode step saved)."""
+    draft_count: int = 0  # draft tokens verified for it (speculative decoding)
+    draft_accepted: int = 0  # of those, the ones its sampling agreed with
 
     def to_json(self) -> dict[str, Any]:
         return {"done": True, **asdict(self)}
@@ -487,10 +484,6 @@ class RunnerStats:
     lora_switches: int = 0
     """Times a step changed the LoRA scales on the context (requests with different
     ``lora`` scales never share a step)."""
-    draft_tokens: int = 0
-    """Draft tokens verified (speculative decoding)."""
-    draft_accepted: int = 0
-    """Of those, the ones the model's own sampling agreed with."""
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -506,8 +499,6 @@ class RunnerStats:
             {int(k): int(v) for k, v in body["sequences_per_step"].items()},
             int(body.get("images_encoded", 0)),
             int(body.get("lora_switches", 0)),
-            int(body.get("draft_tokens", 0)),
-            int(body.get("draft_accepted", 0)),
         )
 
 

@@ -33,8 +33,6 @@ class StepStats:
     seqs_per_step: Counter[int] = field(default_factory=Counter)
     images_encoded: int = 0
     lora_switches: int = 0
-    drafted: int = 0
-    accepted: int = 0
 
     def to_wire(self) -> RunnerStats:
         counts = dict(self.seqs_per_step)
@@ -45,8 +43,6 @@ class StepStats:
             sequences_per_step=counts,
             images_encoded=self.images_encoded,
             lora_switches=self.lora_switches,
-            draft_tokens=self.drafted,
-            draft_accepted=self.accepted,
         )
 
 
@@ -74,9 +70,7 @@ def step(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
     prompt_phase = [gen.generated == 0 for gen in gens]
     for slot, gen in in_batch:
         if gen.draft:
-            drafted, accepted = verify(loaded, slot)
-            stats.drafted += drafted
-            stats.accepted += accepted
+            verify(loaded, slot)
         elif gen.batch_index >= 0:
             sample(loaded, slot)
     elapsed = time.perf_counter_ns() - started
