@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serving import Server
 
+from pollama.cli.chat import verbose_stats
 from pollama.runner.lookup import Lookup, Pace
 
 PARAGRAPH = (
@@ -102,6 +103,13 @@ def test_pace_backs_off_after_misses_and_recovers():
     assert [pace.allowance() for _ in range(3)] == [0, 0, 1]  # a second, two
     pace.adapt(1, 1)
     assert pace.allowance() == 2  # a hit ends the back-off
+
+
+def test_verbose_stats_show_the_acceptance_only_when_drafted():
+    final = {"eval_count": 20, "eval_duration": 10**9}
+    assert "draft" not in verbose_stats(final)
+    shown = verbose_stats({**final, "draft_count": 10, "draft_accepted_count": 7})
+    assert "draft acceptance:     7/10 (70%)" in shown
 
 
 # -- through the API ------------------------------------------------------------------
