@@ -5,6 +5,7 @@ python -m bench coldstart  # cold start, swap, `pollama run`, RSS: two checkouts
 python -m bench cpu_path   # llama.cpp's extra CPU buffer types on vs off (bench.cpu_path)
 python -m bench soak       # N clients for M minutes: failures, latency, leaks (bench.soak)
 python -m bench clients_ab # many streaming clients: this checkout vs another (bench.clients_ab)
+python -m bench spec       # speculative decoding on vs off: decode rate ratios (bench.spec)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ COMMANDS = {
     "cpu_path": "bench.cpu_path",
     "soak": "bench.soak",
     "clients_ab": "bench.clients_ab",
+    "spec": "bench.spec",
 }
 
 

@@ -16,6 +16,8 @@ from pollama.units import parse_duration, parse_size
 
 DEFAULT_PORT = 11434
 FOREVER = float("inf")
+DRAFT_MAX = 8
+"""The longest draft a sequence verifies in one step (POLLAMA_SPECULATIVE=auto)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class Settings:
     """llama.cpp's extra CPU buffer types (AMX, CPU_REPACK): ``auto`` uses them where the
     engine probe and every runner so far ran them safely, ``on`` always, ``off`` never
     (POLLAMA_CPU_EXTRA_BUFFERS)."""
+    speculative: str = "auto"
+    """Prompt-lookup speculative decoding: ``auto`` drafts where the context has text to
+    copy and backs off where it has none, ``off`` never drafts (POLLAMA_SPECULATIVE)."""
     state_dir: Path | None = None
     """Where pollama keeps what it learnt about this machine (POLLAMA_STATE_DIR); None =
     the parent of the model store, beside ``logs/`` (see ``state_path``)."""
@@ -125,6 +130,7 @@ class Settings:
             cpu_extra_buffers=_choice(
                 env.get("POLLAMA_CPU_EXTRA_BUFFERS", ""), ("auto", "on", "off"), "auto"
             ),
+            speculative=_choice(env.get("POLLAMA_SPECULATIVE", ""), ("auto", "off"), "auto"),
             state_dir=Path(state).expanduser() if (state := env.get("POLLAMA_STATE_DIR")) else None,
             max_tokens=_int(env, "POLLAMA_MAX_TOKENS", 0, minimum=0),
             shutdown_grace=_seconds(env.get("POLLAMA_SHUTDOWN_GRACE", ""), 5.0),
@@ -144,6 +150,11 @@ class Settings:
             spare_runner=_bool(env.get("POLLAMA_SPARE_RUNNER", "")) is not False,
             test_crash=env.get("POLLAMA_TEST_CRASH", "").strip(),
         )
+
+    @property
+    def draft_max(self) -> int:
+        """Draft tokens a sequence may verify per step; 0 = no speculation."""
+        return DRAFT_MAX if self.speculative == "auto" else 0
 
     @property
     def state_path(self) -> Path:

@@ -117,6 +117,9 @@ class Finish:
     total_duration: int
     prompt_cached: int = 0
     """Prompt tokens the runner's cache already held."""
+    draft_count: int = 0
+    """Draft tokens verified (speculative decoding) and, of those, accepted."""
+    draft_accepted: int = 0
     context: tuple[int, ...] | None = None
     """/api/generate's ``context``: the prompt and reply tokens (None for chat and raw)."""
 
@@ -497,6 +500,7 @@ class _Relay:
 
     async def _finish(self, done: CompletionDone, text: list[str]) -> Finish:
         self._meter.finish(done.prompt_eval_count, done.eval_count, done.eval_duration)
+        self._meter.drafted(done.draft_count, done.draft_accepted)
         context = None
         if self._context_prompt is not None:
             reply = self._context_prompt + "".join(text)
@@ -511,6 +515,8 @@ class _Relay:
             load_duration=self._lease.load_duration,
             total_duration=time.perf_counter_ns() - self._started,
             prompt_cached=done.prompt_cached,
+            draft_count=done.draft_count,
+            draft_accepted=done.draft_accepted,
             context=context,
         )
 

@@ -11,6 +11,8 @@ pollama_requests_total {endpoint, status}             counter    ``RequestMetric
 pollama_request_duration_seconds {endpoint}           histogram  ``RequestMetrics``
 pollama_prompt_tokens_total {model}                   counter    completion ``Finish``, embed
 pollama_generated_tokens_total {model}                counter    completion ``Finish``
+pollama_draft_tokens_total {model}                    counter    completion ``Finish``
+pollama_draft_accepted_tokens_total {model}           counter    completion ``Finish``
 pollama_time_to_first_token_seconds {model}           histogram  first reply ``Delta``
 pollama_time_per_output_token_seconds {model}         histogram  completion ``Finish``
 pollama_model_load_seconds {model}                    histogram  scheduler ``on_load``
@@ -105,6 +107,7 @@ class Metrics:
         self.generated_tokens = Counter(
             "pollama_generated_tokens", "Tokens generated.", ["model"], registry=r
         )
+        self.draft_tokens, self.draft_accepted = _draft_counters(r)
         self.first_token_seconds = Histogram(
             "pollama_time_to_first_token_seconds",
             "From a completion's start (waiting for a slot or load included) "
@@ -169,12 +172,40 @@ class Metrics:
         self.restarts.labels(model).inc()
 
 
+def _draft_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
+    """Speculative decoding's series: drafted tokens, and those accepted."""
+    drafted = Counter(
+        "pollama_draft_tokens",
+        "Draft tokens verified by speculative decoding.",
+        ["model"],
+        registry=registry,
+    )
+    accepted = Counter(
+        "pollama_draft_accepted_tokens",
+        "Draft tokens the model's own sampling agreed with (decode steps saved).",
+        ["model"],
+        registry=registry,
+    )
+    return drafted, accepted
+
+
 class CompletionMeter:
     """One completion's figures, its labelled series resolved once up front."""
 
-    __slots__ = ("_first", "_per_token", "_prompt", "_generated", "_started", "_answered")
+    __slots__ = (
+        "_first",
+        "_per_token",
+        "_prompt",
+        "_generated",
+        "_started",
+        "_answered",
+        "_metrics",
+        "_model",
+    )
 
     def __init__(self, metrics: Metrics, model: str, started_ns: int) -> None:
+        self._metrics = metrics
+        self._model = model
         self._first = metrics.first_token_seconds.labels(model)
         self._per_token = metrics.token_seconds.labels(model)
         self._prompt = metrics.prompt_tokens.labels(model)
@@ -194,6 +225,12 @@ class CompletionMeter:
         self._generated.inc(eval_count)
         if eval_count > 0:
             self._per_token.observe(eval_duration / eval_count / 1e9)
+
+    def drafted(self, drafted: int, accepted: int) -> None:
+        """Speculative decoding's share of the completion (series made only once used)."""
+        if drafted > 0:
+            self._metrics.draft_tokens.labels(self._model).inc(drafted)
+            self._metrics.draft_accepted.labels(self._model).inc(accepted)
 
 
 # -- read at scrape time --------------------------------------------------------------------

@@ -118,4 +118,7 @@ def verbose_stats(final: Mapping[str, Any]) -> str:
         ("eval duration", go_duration(eval_ns)),
         ("eval rate", rate(eval_count, eval_ns)),
     ]
+    drafted, accepted = ns("draft_count"), ns("draft_accepted_count")
+    if drafted:
+        rows.append(("draft acceptance", f"{accepted}/{drafted} ({accepted / drafted:.0%})"))
     return "\n".join(f"{label + ':':<22}{value}" for label, value in rows)

@@ -87,6 +87,7 @@ def fit(
             flash_attention=fa,
             kv_cache_type=kv_cache_type if kv_cache_type is not None else settings.kv_cache_type,
             use_mmap=use_mmap,
+            draft_max=settings.draft_max,
         )
         placement = _place(files, asked, system, gpus, settings, require_full)
     except (PollamaError, ValueError) as exc:

@@ -182,6 +182,7 @@ class LlamaServer:
             lora=tuple(lora),
             projector=projector,
             extra_buffers=config.extra_buffers,
+            draft_max=config.draft_max,
         )
         return cls(
             model, config, settings, process, client, port, request, on_crash, adapters=adapters

@@ -114,9 +114,12 @@ def graph_size(model: GGUFModel, config: LoadConfig) -> int:
 
 
 def output_rows(model: GGUFModel, config: LoadConfig) -> int:
-    """Positions per batch that produce output: one per sequence when generating;
-    every token for an embedding model (pooling reads them all)."""
-    return config.batch_size if model.is_embedding_model else config.parallel
+    """Positions per batch that produce output: one per sequence when generating, plus
+    its draft's (speculative decoding); every token for an embedding model (pooling
+    reads them all)."""
+    if model.is_embedding_model:
+        return config.batch_size
+    return min(config.batch_size, config.parallel * (1 + config.draft_max))
 
 
 def output_buffer(model: GGUFModel, config: LoadConfig) -> int:

@@ -54,6 +54,8 @@ class LoadOptions:
     """OLLAMA_FLASH_ATTENTION: None = auto."""
     kv_cache_type: str = ""
     """OLLAMA_KV_CACHE_TYPE: "" = f16."""
+    draft_max: int = 0
+    """Draft tokens a sequence may verify per step (POLLAMA_SPECULATIVE); 0 = none."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class LoadConfig:
     warnings: tuple[str, ...] = ()
     extra_buffers: ExtraBuffers = PLAIN
     """llama.cpp's extra CPU buffer types the load uses (``pollama.engine.cpu_path`` decides)."""
+    draft_max: int = 0
+    """Draft tokens a sequence may verify per step (speculative decoding): each is one
+    more row of logits per sequence in the output buffers."""
 
     @property
     def kv_size(self) -> int:
@@ -141,6 +146,8 @@ def resolve_load_options(
         main_gpu=max(0, asked.main_gpu),
         warnings=tuple(warnings),
         extra_buffers=extra_buffers,
+        # Embedding models do not generate: nothing to draft.
+        draft_max=0 if model.is_embedding_model else max(0, asked.draft_max),
     )
 
 

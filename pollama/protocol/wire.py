@@ -104,6 +104,7 @@ class LoadRequest:
     projector: str = ""
     extra_buffers: ExtraBuffers = PLAIN
     """llama.cpp's extra CPU buffer types: on or off, and what the estimate needs of them."""
+    draft_max: int = 0  # draft tokens a sequence may verify per step; 0 = no speculation
 
     def to_json(self) -> dict[str, Any]:
         skip = ("layout", "extra_buffers")
@@ -131,6 +132,7 @@ class LoadRequest:
                 lora=tuple(str(p) for p in body.get("lora", ())),
                 projector=str(body.get("projector", "") or ""),
                 extra_buffers=ExtraBuffers.from_json(body.get("extra_buffers")),
+                draft_max=max(0, int(body.get("draft_max", 0))),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ProtocolError(f"bad load request: {exc}") from None
@@ -351,6 +353,8 @@ class CompletionDone:
     prompt_cached: int = 0
     """Prompt tokens not evaluated because the slot's cache held them (Ollama's
     prompt_eval_count leaves them out; OpenAI's usage counts them as cached)."""
+    draft_count: int = 0  # draft tokens verified for it (speculative decoding)
+    draft_accepted: int = 0  # of those, the ones its sampling agreed with
 
     def to_json(self) -> dict[str, Any]:
         return {"done": True, **asdict(self)}
@@ -375,6 +379,8 @@ def parse_completion_line(body: Mapping[str, Any]) -> CompletionChunk | Completi
                 eval_duration=int(body["eval_duration"]),
                 content=str(body.get("content", "")),
                 prompt_cached=int(body.get("prompt_cached", 0)),
+                draft_count=int(body.get("draft_count", 0)),
+                draft_accepted=int(body.get("draft_accepted", 0)),
             )
         return CompletionChunk(
             content=str(body["content"]),

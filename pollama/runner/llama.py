@@ -119,6 +119,7 @@ def context_params(
     n_seq: int,
     n_batch: int,
     threads: int,
+    outputs_per_seq: int = 1,
     flash_attention: str,
     kv_cache_type: str,
     embeddings: bool,
@@ -139,9 +140,10 @@ def context_params(
     params.embeddings = embeddings
     params.no_perf = True
     if not embeddings:
-        # We ask for logits once per sequence per step; reserving them for every
-        # position of a batch would waste vocab × batch × 4 bytes of compute buffer.
-        params.n_outputs_max = n_seq
+        # We ask for logits once per sequence per step (plus its draft's rows, when
+        # speculating); reserving them for every position of a batch would waste
+        # vocab × batch × 4 bytes of compute buffer.
+        params.n_outputs_max = min(n_batch, n_seq * outputs_per_seq)
     if pooling is not None:
         params.pooling_type = pooling
     return params

@@ -196,6 +196,7 @@ class ModelLoader:
             n_ctx=config.kv_size,
             n_seq=config.parallel if not embedding else EMBED_MAX_SEQS,
             n_batch=config.batch_size,
+            outputs_per_seq=1 + config.draft_max,
             threads=config.num_threads,
             flash_attention=config.flash_attention.value,
             kv_cache_type=config.kv_cache_type,
@@ -219,6 +220,7 @@ def load_config(request: LoadRequest) -> LoadConfig:
         num_gpu=request.layout.count,
         main_gpu=request.main_gpu,
         extra_buffers=request.extra_buffers,
+        draft_max=request.draft_max,
     )
 
 

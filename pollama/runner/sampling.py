@@ -10,8 +10,9 @@ from pollama.protocol.wire import CompletionChunk, CompletionDone, Logprob, Toke
 from pollama.runner.state import Loaded, Slot
 
 
-def sample(loaded: Loaded, slot: Slot) -> None:
-    """Sample the slot's row of the batch just decoded; emit, finish, or queue the token."""
+def sample(loaded: Loaded, slot: Slot) -> int:
+    """Sample the slot's row of the batch just decoded; emit, finish, or queue the token
+    (which it returns)."""
     gen = slot.gen
     assert gen is not None
     token = gen.sampler.sample(loaded.ctx, gen.batch_index)
@@ -21,8 +22,10 @@ def sample(loaded: Loaded, slot: Slot) -> None:
     )
     if loaded.vocab.is_eog(token):
         finish(slot, "stop")
-        return
+        return token
     gen.generated += 1
+    if gen.lookup is not None:
+        gen.lookup.append(token)
     piece = loaded.vocab.piece(token)
     replay: list[int] = []
     if gen.thinking.open:
@@ -36,14 +39,13 @@ def sample(loaded: Loaded, slot: Slot) -> None:
         gen.logprobs = []
     if out.stopped:
         finish(slot, "stop", flush=False)
-        return
-    if gen.generated >= gen.num_predict:
+    elif gen.generated >= gen.num_predict:
         finish(slot, "length")
-        return
-    if replay:
+    elif replay:
         gen.pending = replay  # evaluated like prompt tokens; the last one samples
     else:
         gen.next_token = token
+    return token
 
 
 def finish(slot: Slot, reason: str, *, flush: bool = True) -> None:
@@ -61,6 +63,8 @@ def finish(slot: Slot, reason: str, *, flush: bool = True) -> None:
             prompt_eval_duration=gen.prompt_ns,
             eval_count=gen.generated,
             eval_duration=gen.eval_ns,
+            draft_count=gen.pace.drafted if gen.pace else 0,
+            draft_accepted=gen.pace.accepted if gen.pace else 0,
         )
     )
     slot.release()

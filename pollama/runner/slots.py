@@ -16,6 +16,7 @@ from pollama.protocol.wire import CompletionRequest
 from pollama.runner import llama
 from pollama.runner.lora import Scales
 from pollama.runner.sampling import finish
+from pollama.runner.speculate import start as start_drafting
 from pollama.runner.state import EngineError, Generation, Loaded, Request, Slot
 from pollama.runner.text import StreamedText
 from pollama.runner.thinking import Thinking
@@ -197,6 +198,7 @@ def _start(
         scales=scales,
     )
     slot.last_used = now
+    start_drafting(loaded, slot.gen, tokens)
     if slot.gen.num_predict == 0:
         finish(slot, "length")
 

@@ -19,6 +19,7 @@ from pollama.protocol.wire import CompletionChunk, CompletionDone, CompletionReq
 # The engine's errors, re-exported: its users import them from here.
 from pollama.runner.errors import AllocationFailed as AllocationFailed
 from pollama.runner.errors import EngineError as EngineError
+from pollama.runner.lookup import Lookup, Pace
 from pollama.runner.text import StreamedText
 from pollama.runner.thinking import Thinking
 
@@ -68,6 +69,11 @@ class Generation:
     """The row of this step's batch to sample from; -1 when the step samples none."""
     logprobs: list[Logprob] = field(default_factory=list)
     """Logprobs of tokens whose text is still held back: they ride with the next text."""
+    lookup: Lookup | None = None
+    """Its context's n-gram index, when it drafts (``speculate``)."""
+    pace: Pace | None = None
+    draft: list[int] = field(default_factory=list)
+    """The draft tokens this step verifies after ``next_token``."""
 
 
 @dataclass(eq=False)

@@ -19,6 +19,7 @@ import llama_cpp as L
 from pollama.protocol.wire import RunnerStats
 from pollama.runner.lora import Scales, pick_scales
 from pollama.runner.sampling import finish, sample
+from pollama.runner.speculate import propose, verify
 from pollama.runner.state import EngineError, Generation, Loaded, Slot
 from pollama.runner.vision import is_image, offset_in_image
 
@@ -68,7 +69,9 @@ def step(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
     gens = [gen for _, gen in in_batch]
     prompt_phase = [gen.generated == 0 for gen in gens]
     for slot, gen in in_batch:
-        if gen.batch_index >= 0:
+        if gen.draft:
+            verify(loaded, slot)
+        elif gen.batch_index >= 0:
             sample(loaded, slot)
     elapsed = time.perf_counter_ns() - started
     for gen, prompt in zip(gens, prompt_phase, strict=True):
@@ -101,7 +104,8 @@ def _fill(
     batch.clear()
     budget = batch.capacity
     in_batch: list[tuple[Slot, Generation]] = []
-    # Generating slots first: one token each keeps every stream moving.
+    # Generating slots first: one token each keeps every stream moving, and its draft
+    # (``speculate``), verified in the same decode.
     for slot in slots:
         gen = slot.gen
         if gen is not None and gen.next_token is not None and budget > 0:
@@ -109,10 +113,14 @@ def _fill(
                 continue
             if not _make_room(loaded, slot, gen, 1):
                 continue
+            gen.draft = propose(loaded, slot, gen, budget - 1)
             gen.batch_index = batch.add(gen.next_token, len(slot.cache), slot.index, True)
             slot.cache.append(gen.next_token)
+            for token in gen.draft:
+                batch.add(token, len(slot.cache), slot.index, True)
+                slot.cache.append(token)
             gen.next_token = None
-            budget -= 1
+            budget -= 1 + len(gen.draft)
             in_batch.append((slot, gen))
     for slot in slots:
         gen = slot.gen

@@ -67,4 +67,5 @@ def load_options(options: Mapping[str, Any], settings: Settings) -> LoadOptions:
         parallel=max(1, settings.num_parallel),
         flash_attention=settings.flash_attention,
         kv_cache_type=settings.kv_cache_type,
+        draft_max=settings.draft_max,
     )

@@ -210,7 +210,7 @@ def _logprobs(delta: Delta) -> list[Logprob] | None:
 
 
 def _metrics(done: Finish) -> dict[str, Any]:
-    return {
+    metrics = {
         "total_duration": done.total_duration,
         "load_duration": done.load_duration,
         "prompt_eval_count": done.prompt_eval_count,
@@ -218,6 +218,12 @@ def _metrics(done: Finish) -> dict[str, Any]:
         "eval_count": done.eval_count,
         "eval_duration": done.eval_duration,
     }
+    if done.draft_count:
+        # Ours, not Ollama's (llama-server's timings have draft_n, draft_n_accepted):
+        # only when something was drafted, so other replies keep Ollama's fields.
+        metrics["draft_count"] = done.draft_count
+        metrics["draft_accepted_count"] = done.draft_accepted
+    return metrics
 
 
 async def _respond(

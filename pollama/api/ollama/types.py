@@ -145,6 +145,9 @@ class Metrics(_Response):
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
+    draft_count: int | None = None
+    """Ours: draft tokens verified by speculative decoding (absent when none)."""
+    draft_accepted_count: int | None = None
 
 
 class GenerateResponse(Metrics):
