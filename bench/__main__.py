@@ -6,6 +6,7 @@ python -m bench cpu_path   # llama.cpp's extra CPU buffer types on vs off (bench
 python -m bench soak       # N clients for M minutes: failures, latency, leaks (bench.soak)
 python -m bench clients_ab # many streaming clients: this checkout vs another (bench.clients_ab)
 python -m bench spec       # speculative decoding on vs off: decode rate ratios (bench.spec)
+python -m bench omp_wait   # OpenMP workers passive vs libgomp's default (bench.omp_wait)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ COMMANDS = {
     "soak": "bench.soak",
     "clients_ab": "bench.clients_ab",
     "spec": "bench.spec",
+    "omp_wait": "bench.omp_wait",
 }
 
 

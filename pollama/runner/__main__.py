@@ -12,7 +12,6 @@ import argparse
 import ctypes
 import ctypes.util
 import logging
-import os
 import socket
 import sys
 
@@ -56,12 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         _set_process_name(SPARE_NAME)
         sock = _listen(args.port)  # the port is ours from now on, however long we wait
 
-    # llama.cpp's CPU backend is built with OpenMP here; libgomp's default keeps each idle
-    # worker spinning after a graph, and on a small machine those spins take the cores the
-    # server and the load itself need (a cold start cost 3 s of runner CPU instead of
-    # 0.9 s). Read once when libgomp loads: before llama.cpp is imported. A value the user
-    # set wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    # OMP_WAIT_POLICY is left to the user: "passive" saves CPU on a busy machine, but on a
+    # quiet one it halves single-stream decode (docs/benchmarks.md, "Cold start").
     from pollama.errors import PollamaError
     from pollama.runner.app import serve  # llama.cpp and the HTTP stack, before any model
     from pollama.settings import Settings
