@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,14 @@ class Server:
             self.process.wait(timeout=60)
         self.client.close()
         self.log.close()
+
+
+def wait_for(condition: Callable[[], object], seconds: float = 30.0) -> bool:
+    """Poll an observable condition (a process appearing, a file gone) until a deadline;
+    whether it held. For states no event announces, never as a stand-in for one."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())

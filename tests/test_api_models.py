@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from oci_registry import Registry, free_port
-from serving import Server
+from serving import Server, wait_for
 
 from pollama.demo import demo_model_path
 from pollama.errors import ModelNotFound
@@ -40,15 +40,6 @@ def blob_file(models: Path, digest: str) -> Path:
 
 def partials(models: Path) -> list[str]:
     return [p.name for p in (models / "blobs").glob(".partial-*")]
-
-
-def wait_for(condition: Any, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
 
 
 def statuses(lines: list[dict[str, Any]]) -> list[str]:
@@ -166,9 +157,9 @@ def test_an_upload_cut_off_midway_leaves_no_blob(server: Server, models: Path):
     with socket.create_connection(("127.0.0.1", server.port)) as conn:
         conn.sendall(head.encode() + data[: len(data) // 2])
         # The upload is under way: its bytes go to a partial file, not to the blob.
-        assert wait_for(lambda: partials(models))
+        assert wait_for(lambda: partials(models), 10.0)
         assert not blob_file(models, digest).exists()
-    assert wait_for(lambda: not partials(models))
+    assert wait_for(lambda: not partials(models), 10.0)
     assert not blob_file(models, digest).exists()
     assert server.client.head(f"/api/blobs/{digest}").status_code == 404
 

@@ -10,28 +10,17 @@ shows what the runner measured.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
-from serving import GREEDY, Server
+from serving import GREEDY, Server, wait_for
 
 from pollama.demo import demo_model
 from pollama.store.disk import Store, ensure_demo
 
 BOUNDED = {**GREEDY, "num_predict": 4}
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> bool:
-    """Poll an observable condition (a process appearing) until a deadline."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def generate(server: Server, model: str = "smollm2") -> None:
@@ -57,20 +46,20 @@ def test_a_load_takes_the_spare_a_new_one_replaces_it_and_shutdown_kills_both(tm
     server = Server(tmp_path, OLLAMA_KEEP_ALIVE="-1")
     seen: set[int] = set()
     try:
-        assert wait_for(lambda: len(server.spare_pids()) == 1), "no spare after start-up"
+        assert wait_for(lambda: len(server.spare_pids()) == 1, 60.0), "no spare after start-up"
         (first,) = server.spare_pids()
         seen.add(first)
         generate(server)
         assert server.runner_pids() == [first]  # the spare serves the model
         assert psutil.Process(first).name() == "pollama-runner"
-        assert wait_for(one_new_spare(server, seen)), "the taken spare was not replaced"
+        assert wait_for(one_new_spare(server, seen), 60.0), "the taken spare was not replaced"
         (second,) = server.spare_pids()
         seen.add(second)
         # A second model (another name, another runner) takes the replacement.
         assert server.post("/api/copy", {"source": "smollm2", "destination": "other"}).is_success
         generate(server, "other")
         assert sorted(server.runner_pids()) == sorted([first, second])
-        assert wait_for(one_new_spare(server, seen))
+        assert wait_for(one_new_spare(server, seen), 60.0)
         seen.update(server.spare_pids())
     finally:
         server.stop()
@@ -81,7 +70,7 @@ def test_a_load_takes_the_spare_a_new_one_replaces_it_and_shutdown_kills_both(tm
 def test_a_dead_spare_is_not_used(tmp_path: Path):
     server = Server(tmp_path, OLLAMA_KEEP_ALIVE="-1")
     try:
-        assert wait_for(lambda: len(server.spare_pids()) == 1)
+        assert wait_for(lambda: len(server.spare_pids()) == 1, 60.0)
         (spare,) = server.spare_pids()
         process = psutil.Process(spare)
         process.kill()

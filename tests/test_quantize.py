@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import ollama
 import psutil
 import pytest
 from assets.f16 import f16_model  # noqa: F401 - the session fixture, by name
-from serving import Server
+from serving import Server, wait_for
 
 from pollama.errors import BadRequest
 from pollama.ggufmeta import GGUFModel, read_model
@@ -70,15 +69,6 @@ def freeze_the_quantizer(server: Server) -> psutil.Process:
 def store_files(models: Path) -> set[str]:
     """Every file in the store, partial and temporary ones included."""
     return {str(p.relative_to(models)) for p in models.rglob("*") if p.is_file()}
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def quantizing(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -321,7 +311,7 @@ def test_a_client_that_leaves_stops_the_quantize_and_leaves_nothing(server: Serv
         assert any(".partial" in name for name in store_files(server.models))
     # Leaving the block closed the connection mid-stream: the server kills the child.
     child.wait(timeout=30)
-    assert wait_for(lambda: store_files(server.models) == before), (
+    assert wait_for(lambda: store_files(server.models) == before, 30.0), (
         store_files(server.models) ^ before
     )
     assert "gone:latest" not in [m["name"] for m in server.client.get("/api/tags").json()["models"]]
