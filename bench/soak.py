@@ -44,7 +44,6 @@ import http.client
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,7 @@ from typing import Any
 
 import psutil
 
-from bench.compare.servers import free_port
+from bench.compare.servers import free_port, stop_session
 from bench.compare.stats import percentile
 
 MODEL = "smollm2"
@@ -296,7 +295,7 @@ def serving(parallel: int, home: Path) -> Iterator[Served]:
         _wait_listening(served, time.monotonic() + START_TIMEOUT)
         yield served
     finally:
-        _stop(process)
+        stop_session(process)
 
 
 def _wait_listening(served: Served, deadline: float) -> None:
@@ -319,20 +318,6 @@ def _wait_listening(served: Served, deadline: float) -> None:
             raise RuntimeError(f"serve exited:\n{_tail(served.log)}")
         except subprocess.TimeoutExpired:
             pass
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the server's session, SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        pass
 
 
 def _tail(log: Path) -> str:

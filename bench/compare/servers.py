@@ -269,7 +269,7 @@ def _wait_ready(
             time.sleep(0.05)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_session(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the server's session (its runner too), SIGKILL if it lingers."""
     if process.poll() is not None:
         return
@@ -319,4 +319,4 @@ def running(
                 yield Instance(server, url, process, body, load_s, tree, log_path)
             finally:
                 tree.stop()
-                _stop(process)
+                stop_session(process)

@@ -52,15 +52,7 @@ class Embedder:
         self, ctx: Any, batch: llama.Batch, group: list[list[int]]
     ) -> list[tuple[float, ...]]:
         """One decode of ``group``, one sequence each; their pooled vectors."""
-        batch.clear()
-        for seq, tokens in enumerate(group):
-            for pos, token in enumerate(tokens):
-                batch.add(token, pos, seq, True)
-        # Forget the cells, keep the bytes: unused cells are masked, and zeroing
-        # the whole cache cost more than embedding a short input.
-        L.llama_memory_clear(L.llama_get_memory(ctx), False)
-        if batch.decode(ctx) != 0:
-            raise EngineError(self._log.explain("embedding decode failed"))
+        decode_sequences(ctx, batch, group, self._log, "embedding decode failed")
         n_embd = int(L.llama_model_n_embd(self._loaded.model))
         vectors = []
         for seq in range(len(group)):
@@ -98,6 +90,22 @@ class Embedder:
 
 
 T = TypeVar("T")
+
+
+def decode_sequences(
+    ctx: Any, batch: llama.Batch, group: list[list[int]], log: llama.LlamaLog, failure: str
+) -> None:
+    """One decode of ``group`` from an empty cache, one sequence each, every position an
+    output (pooling reads them); ``failure`` names what failed, with llama.cpp's reason."""
+    batch.clear()
+    for seq, tokens in enumerate(group):
+        for pos, token in enumerate(tokens):
+            batch.add(token, pos, seq, True)
+    # Forget the cells, keep the bytes: unused cells are masked, and zeroing
+    # the whole cache cost more than embedding a short input.
+    L.llama_memory_clear(L.llama_get_memory(ctx), False)
+    if batch.decode(ctx) != 0:
+        raise EngineError(log.explain(failure))
 
 
 def decode_in_groups(

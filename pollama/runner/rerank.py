@@ -18,7 +18,7 @@ import llama_cpp as L
 
 from pollama.protocol.wire import RerankResponse
 from pollama.runner import llama
-from pollama.runner.embedding import decode_in_groups
+from pollama.runner.embedding import decode_in_groups, decode_sequences
 from pollama.runner.state import EngineError, Loaded
 
 _PLACEHOLDER = re.compile(r"\{(query|document)\}")
@@ -79,13 +79,7 @@ class Reranker:
 
     def _decode(self, ctx: Any, batch: llama.Batch, group: list[list[int]]) -> list[float]:
         """One decode of ``group``, one sequence each; their scores."""
-        batch.clear()
-        for seq, tokens in enumerate(group):
-            for pos, token in enumerate(tokens):
-                batch.add(token, pos, seq, True)
-        L.llama_memory_clear(L.llama_get_memory(ctx), False)
-        if batch.decode(ctx) != 0:
-            raise EngineError(self._log.explain("rerank decode failed"))
+        decode_sequences(ctx, batch, group, self._log, "rerank decode failed")
         scores = []
         for seq in range(len(group)):
             pooled = L.llama_get_embeddings_seq(ctx, seq)

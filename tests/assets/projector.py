@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+from gguf_files import write_gguf
 
 TEXT_EMBD = 576
 """SmolLM2-135M's embedding width: what the projector must produce."""
@@ -69,26 +70,22 @@ def projector_tensors(seed: int = 0, *, text_embd: int = TEXT_EMBD) -> dict[str,
 
 def write_projector(path: Path, seed: int = 0, *, text_embd: int = TEXT_EMBD) -> Path:
     """Write the projector GGUF to ``path`` and return it."""
-    writer = gguf.GGUFWriter(path, "clip")
-    writer.add_string("general.type", "mmproj")
-    writer.add_name("pollama test projector")
-    writer.add_bool("clip.has_vision_encoder", True)
-    writer.add_string("clip.projector_type", "mlp")
-    writer.add_bool("clip.use_gelu", True)
-    writer.add_uint32("clip.vision.image_size", IMAGE_SIZE)
-    writer.add_uint32("clip.vision.patch_size", PATCH_SIZE)
-    writer.add_uint32("clip.vision.embedding_length", VISION_EMBD)
-    writer.add_uint32("clip.vision.feed_forward_length", VISION_FF)
-    writer.add_uint32("clip.vision.block_count", VISION_BLOCKS)
-    writer.add_uint32("clip.vision.projection_dim", text_embd)
-    writer.add_uint32("clip.vision.attention.head_count", VISION_HEADS)
-    writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
-    writer.add_array("clip.vision.image_mean", [0.48145466, 0.4578275, 0.40821073])
-    writer.add_array("clip.vision.image_std", [0.26862954, 0.26130258, 0.27577711])
-    for name, data in projector_tensors(seed, text_embd=text_embd).items():
-        writer.add_tensor(name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+
+    def kv(writer: gguf.GGUFWriter) -> None:
+        writer.add_string("general.type", "mmproj")
+        writer.add_name("pollama test projector")
+        writer.add_bool("clip.has_vision_encoder", True)
+        writer.add_string("clip.projector_type", "mlp")
+        writer.add_bool("clip.use_gelu", True)
+        writer.add_uint32("clip.vision.image_size", IMAGE_SIZE)
+        writer.add_uint32("clip.vision.patch_size", PATCH_SIZE)
+        writer.add_uint32("clip.vision.embedding_length", VISION_EMBD)
+        writer.add_uint32("clip.vision.feed_forward_length", VISION_FF)
+        writer.add_uint32("clip.vision.block_count", VISION_BLOCKS)
+        writer.add_uint32("clip.vision.projection_dim", text_embd)
+        writer.add_uint32("clip.vision.attention.head_count", VISION_HEADS)
+        writer.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+        writer.add_array("clip.vision.image_mean", [0.48145466, 0.4578275, 0.40821073])
+        writer.add_array("clip.vision.image_std", [0.26862954, 0.26130258, 0.27577711])
+
+    return write_gguf(path, "clip", kv, projector_tensors(seed, text_embd=text_embd))
