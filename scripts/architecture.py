@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "pollama"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("units",),
+    ("units", "logs"),
     ("errors",),
     ("settings",),
     ("ggufmeta", "devices", "demo"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pollama.cli import app
+from pollama.cli.app import app
 from pollama.demo import demo_model_path
 from pollama.ggufmeta import read_model
 

@@ -21,8 +21,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
-
 from pollama.errors import BadRequest
 
 FORMATS = ("PNG", "JPEG", "WEBP")
@@ -57,6 +55,8 @@ def check_images(images: Sequence[str], limits: ImageLimits) -> None:
 
 def check_image(raw: bytes, number: int, max_pixels: int) -> tuple[int, int]:
     """The image's (width, height), once it has decoded whole; a 400 saying why not."""
+    from PIL import Image, UnidentifiedImageError  # Pillow costs the server's start 20 ms
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -1,17 +1,26 @@
-"""``pollama serve``: the Ollama-compatible HTTP server."""
+"""``pollama serve``: the Ollama-compatible HTTP server.
+
+Its start is the start users wait for, so it begins with the slowest part: on a machine
+with no GPU the spare runner (``llm.spare``), which imports llama.cpp for the first
+load, is launched before the server imports its own HTTP stack, and both import at
+once. One event loop runs from that launch to the server's exit.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import math
 import signal
+import sys
 import threading
+from collections.abc import Callable
 
-import typer
-import uvicorn
-
+from pollama.devices import discover_gpus
 from pollama.errors import PollamaError
+from pollama.llm.spare import SpareRunner
+from pollama.logs import configure_logging
 from pollama.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,7 +33,28 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loop where it is installed, as uvicorn would pick it."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
 def serve() -> None:
+    settings = Settings.from_env()
+    configure_logging(settings.debug)
+    with asyncio.Runner(loop_factory=_loop_factory()) as loop:
+        spares = SpareRunner(enabled=settings.spare_runner)
+        if not discover_gpus(settings):  # a load onto GPUs starts a runner seeing only those
+            loop.run(spares.launch())
+        _serve(settings, spares, loop)
+
+
+def _serve(settings: Settings, spares: SpareRunner, loop: asyncio.Runner) -> None:
+    import uvicorn
+
     from pollama.api.app import create_app, key_ring
     from pollama.api.limits import BoundedHttpTools
     from pollama.api.state import ServerState
@@ -32,7 +62,6 @@ def serve() -> None:
     from pollama.scheduler.scheduler import Scheduler
     from pollama.store.disk import Store
 
-    settings = Settings.from_env()
     if not settings.debug:
         # The server's log is where users look for loads, layouts and unloads.
         logging.getLogger("pollama").setLevel(logging.INFO)
@@ -53,8 +82,8 @@ def serve() -> None:
     try:
         keys = key_ring(settings)
     except PollamaError as exc:
-        typer.echo(f"Error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     if keys.enabled:
         # The file is read again on SIGHUP: keys change without a restart.
         signal.signal(signal.SIGHUP, lambda *_: keys.reload())
@@ -64,9 +93,9 @@ def serve() -> None:
             "server (set POLLAMA_API_KEYS)",
             settings.host,
         )
-    scheduler = Scheduler.create(settings, cpu_path=cpu_path)
+    scheduler = Scheduler.create(settings, cpu_path=cpu_path, spares=spares)
     state = ServerState(settings, store, scheduler, keys=keys)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(state),
         host=settings.host,
         port=settings.port,
@@ -76,4 +105,6 @@ def serve() -> None:
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
         limit_concurrency=settings.max_connections,
         http=BoundedHttpTools,  # httptools with a bound on a request's headers
+        ws="none",  # no API uses websockets; their import is 50 ms of every start
     )
+    loop.run(uvicorn.Server(config).serve())

@@ -25,11 +25,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import gguf
-
+from pollama.ggufmeta.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from pollama.ggufmeta.records import TensorInfo
 
-_Q = gguf.GGMLQuantizationType
+_Q = GGMLQuantizationType
 
 AMX = "AMX"
 REPACK = "CPU_REPACK"
@@ -123,7 +122,7 @@ def packed_size(tensor: TensorInfo, buffer: str) -> int:
     """Bytes the tensor takes in ``buffer``."""
     if buffer != AMX or tensor.ggml_type == _Q.F16:
         return tensor.n_bytes
-    block, type_size = gguf.GGML_QUANT_SIZES[_Q(tensor.ggml_type)]
+    block, type_size = GGML_QUANT_SIZES[_Q(tensor.ggml_type)]
     _, extra_per_block = _AMX_TYPES[tensor.ggml_type]
     rows = tensor.n_elements // tensor.shape[0]
     return rows * (tensor.shape[0] // block) * (type_size + extra_per_block)

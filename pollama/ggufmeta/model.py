@@ -13,9 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, NoReturn
 
-import gguf
-
 from pollama.errors import InvalidModelFile
+from pollama.ggufmeta.constants import LlamaFileType
 from pollama.ggufmeta.records import LayerGroup, TensorInfo, TruncatedArray, layer_group_name
 from pollama.units import format_parameter_count
 
@@ -58,7 +57,7 @@ def _is_uint(value: Any) -> bool:
 def _file_type_name(code: int) -> str:
     """Ollama's names: LlamaFileType without its MOSTLY_/ALL_ prefix; 15 -> ``Q4_K_M``."""
     try:
-        name = gguf.LlamaFileType(code).name
+        name = LlamaFileType(code).name
     except ValueError:
         return "unknown"
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import gguf
+from pollama.ggufmeta.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 # ggml type id -> (elements per block, bytes per block). Types missing here (removed or
 # unknown to this gguf release) are rejected by the reader, as llama.cpp rejects them.
 GGML_BLOCK_SIZES: dict[int, tuple[int, int]] = {
-    int(t): sizes for t, sizes in gguf.GGML_QUANT_SIZES.items()
+    int(t): sizes for t, sizes in GGML_QUANT_SIZES.items()
 }
 
 # GGML_MAX_DIMS in ggml.h: a tensor info with more dimensions is malformed.
@@ -20,7 +20,7 @@ GGML_MAX_DIMS = 4
 def ggml_type_name(ggml_type: int) -> str:
     """``"Q4_1"`` for 3; ``"unknown(99)"`` for a type this gguf release does not know."""
     try:
-        return gguf.GGMLQuantizationType(ggml_type).name
+        return GGMLQuantizationType(ggml_type).name
     except ValueError:
         return f"unknown({ggml_type})"
 

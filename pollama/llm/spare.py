@@ -64,6 +64,12 @@ class SpareRunner:
         if self._starting is None or self._starting.done():
             self._starting = asyncio.ensure_future(self._spawn())
 
+    async def launch(self) -> None:
+        """Start a spare now; return once its process runs (not once it has imported)."""
+        self.start()
+        if self._starting is not None:
+            await asyncio.shield(self._starting)
+
     async def take(self, model: Path, env: Mapping[str, str]) -> tuple[RunnerProcess, int] | None:
         """The spare, told to serve ``model``, with its port; None when there is no live
         spare started with ``env`` (the caller starts a runner of its own)."""

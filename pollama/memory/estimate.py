@@ -22,20 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import gguf
-
 from pollama.devices.types import DeviceInfo
 from pollama.engine.kernels import extra_bytes, tied_output_bytes
 from pollama.ggufmeta import GGUFModel
+from pollama.ggufmeta.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from pollama.memory.adapters import with_adapters
 from pollama.memory.projector import projector_memory
 from pollama.memory.types import BackendMemory, DeviceMemory
 from pollama.options.load import LoadConfig
 
 _CACHE_GGML_TYPES = {
-    "f16": gguf.GGMLQuantizationType.F16,
-    "q8_0": gguf.GGMLQuantizationType.Q8_0,
-    "q4_0": gguf.GGMLQuantizationType.Q4_0,
+    "f16": GGMLQuantizationType.F16,
+    "q8_0": GGMLQuantizationType.Q8_0,
+    "q4_0": GGMLQuantizationType.Q4_0,
 }
 # llama.cpp pads KV cell counts (the context, and sliding-window caches) to this.
 _CELL_PADDING = 256
@@ -44,7 +43,7 @@ _F32 = 4
 
 def row_size(cache_type: str, n_elements: int) -> int:
     """Bytes of one row of ``n_elements`` in a cache of ``cache_type`` (f16, q8_0, q4_0)."""
-    block, type_size = gguf.GGML_QUANT_SIZES[_CACHE_GGML_TYPES[cache_type]]
+    block, type_size = GGML_QUANT_SIZES[_CACHE_GGML_TYPES[cache_type]]
     return -(-n_elements // block) * type_size
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import logging
 import socket
 import sys
 
@@ -58,14 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     # OMP_WAIT_POLICY is left to the user: "passive" saves CPU on a busy machine, but on a
     # quiet one it halves single-stream decode (docs/benchmarks.md, "Cold start").
     from pollama.errors import PollamaError
+    from pollama.logs import configure_logging
     from pollama.runner.app import serve  # llama.cpp and the HTTP stack, before any model
     from pollama.settings import Settings
 
     settings = Settings.from_env()
-    logging.basicConfig(
-        level=logging.DEBUG if settings.debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.debug)
     model = args.model or _await_model()
     if not model:
         return 0

@@ -32,7 +32,6 @@ from typing import Any
 
 import llama_cpp as L
 import llama_cpp.mtmd_cpp as M
-from PIL import Image
 
 from pollama.memory.types import ProjectorMemory
 from pollama.options.load import LoadConfig
@@ -85,6 +84,8 @@ class Bitmap:
 
 def decode_image(data: str, number: int) -> Bitmap:
     """A base64 PNG/JPEG/WebP as RGB pixels (the server checked it; this is the guard)."""
+    from PIL import Image  # only a model with a projector needs Pillow: not every start
+
     try:
         raw = base64.b64decode(data, validate=True)
         with Image.open(io.BytesIO(raw)) as image:

@@ -13,9 +13,8 @@ Rules (OLLAMA_API.md, "Scheduler behaviour", and where pollama does better):
 - Every waiting request counts against ``max_queue`` — waiting for a load *and*
   waiting for a free slot of a loaded runner (``parallel`` per runner); one too
   many raises ``QueueFull`` at once.
-- Loads run one at a time, each as a task of its own so a client that goes
-  away does not abort a load others wait for; a failed load fails every
-  request waiting for it and leaves no runner behind.
+- Loads run one at a time, each a task of its own (a client that leaves aborts
+  no load others wait for); a failed load fails its waiters, leaves no runner.
 - At ``max_loaded_models`` an idle runner is evicted (shortest remaining
   keep-alive first), else the load waits for one to go idle; an evicted
   runner's process has exited before the next load measures free memory.
@@ -135,10 +134,11 @@ class Scheduler:
         settings: Settings,
         server_factory: ServerFactory | None = None,
         cpu_path: CpuPath | None = None,
+        spares: SpareRunner | None = None,
     ) -> Scheduler:
-        """A scheduler over real runners, real GPUs and system memory."""
+        """A scheduler over real runners, real GPUs and system memory (and ``spares``)."""
         path = cpu_path or CpuPath.for_settings(settings)
-        spares = None if server_factory else SpareRunner(enabled=settings.spare_runner)
+        spares = None if server_factory else spares or SpareRunner(enabled=settings.spare_runner)
         return cls(
             settings,
             server_factory=server_factory
@@ -150,8 +150,8 @@ class Scheduler:
         )
 
     def warm_up(self) -> None:
-        """Start the spare runner the next load will want; with no GPU only (a load that
-        chose GPUs starts its own runner, seeing only those)."""
+        """Start the spare runner the next load will want; with no GPU only (a load onto
+        GPUs starts its own runner, seeing only those). Idempotent."""
         if self._spares is not None and not self._closed:
             self._gpu_count = len(self._gpu_probe()) if self._gpu_count is None else self._gpu_count
             if self._gpu_count == 0:
