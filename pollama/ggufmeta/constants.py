@@ -13,6 +13,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 
 def _load() -> ModuleType:
@@ -32,8 +33,13 @@ def _load() -> ModuleType:
     return module
 
 
-_gguf = _load()
-GGMLQuantizationType = _gguf.GGMLQuantizationType
-GGML_QUANT_SIZES: dict[object, tuple[int, int]] = _gguf.GGML_QUANT_SIZES
-GGUFValueType = _gguf.GGUFValueType
-LlamaFileType = _gguf.LlamaFileType
+if TYPE_CHECKING:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
+else:
+    _gguf = _load()
+    GGMLQuantizationType = _gguf.GGMLQuantizationType
+    GGML_QUANT_SIZES = _gguf.GGML_QUANT_SIZES
+    GGUFValueType = _gguf.GGUFValueType
+    LlamaFileType = _gguf.LlamaFileType
+
+__all__ = ["GGML_QUANT_SIZES", "GGMLQuantizationType", "GGUFValueType", "LlamaFileType"]
