@@ -33,7 +33,7 @@ from typing import Any
 from pollama.devices.types import DeviceID
 from pollama.engine.kernels import PLAIN, ExtraBuffers
 from pollama.memory.layout import GPULayers, Layout
-from pollama.memory.types import BackendMemory, DeviceMemory, ProjectorMemory
+from pollama.memory.types import BackendMemory, DeviceMemory, DraftMemory, ProjectorMemory
 from pollama.options.parameters import default
 
 IMAGE_MARKER = "<__media__>"
@@ -102,6 +102,8 @@ class LoadRequest:
     main_gpu: int = 0
     lora: tuple[str, ...] = ()
     projector: str = ""
+    draft: str = ""
+    """A draft model's GGUF: it drafts for speculative decoding when ``draft_max`` > 0."""
     extra_buffers: ExtraBuffers = PLAIN
     """llama.cpp's extra CPU buffer types: on or off, and what the estimate needs of them."""
     draft_max: int = 0  # draft tokens a sequence may verify per step; 0 = no speculation
@@ -131,6 +133,7 @@ class LoadRequest:
                 main_gpu=int(body.get("main_gpu", 0)),
                 lora=tuple(str(p) for p in body.get("lora", ())),
                 projector=str(body.get("projector", "") or ""),
+                draft=str(body.get("draft", "") or ""),
                 extra_buffers=ExtraBuffers.from_json(body.get("extra_buffers")),
                 draft_max=max(0, int(body.get("draft_max", 0))),
             )
@@ -182,6 +185,8 @@ class SamplingOptions:
     seed: int = default("seed")
     stop: tuple[str, ...] = default("stop")
     num_keep: int = default("num_keep")
+    draft_num_predict: int = default("draft_num_predict")
+    """The most tokens speculative decoding drafts per step for this request; 0: none."""
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -525,6 +530,7 @@ def memory_to_json(memory: BackendMemory) -> dict[str, Any]:
         "gpus": [_device_memory_to_json(g) for g in memory.gpus],
         "tied_output": memory.tied_output,
         "projector": _projector_to_json(memory.projector),
+        "draft": asdict(memory.draft) if memory.draft is not None else None,
     }
 
 
@@ -535,7 +541,14 @@ def memory_from_json(body: Mapping[str, Any]) -> BackendMemory:
         gpus=tuple(_device_memory_from_json(g) for g in body.get("gpus", ())),
         tied_output=int(body.get("tied_output", 0)),
         projector=_projector_from_json(body.get("projector")),
+        draft=_draft_from_json(body.get("draft")),
     )
+
+
+def _draft_from_json(body: Mapping[str, Any] | None) -> DraftMemory | None:
+    if not body:
+        return None
+    return DraftMemory(int(body["weights"]), int(body["cache"]), int(body["graph"]))
 
 
 def _projector_to_json(projector: ProjectorMemory | None) -> dict[str, Any] | None:
