@@ -71,10 +71,7 @@ def fit(
     adapter: Annotated[
         list[Path] | None, typer.Option(help="A LoRA adapter GGUF to count (repeatable).")
     ] = None,
-    draft: Annotated[
-        str | None,
-        typer.Option(help="A draft model GGUF (default: a stored model's own DRAFT, if any)."),
-    ] = None,
+    draft: Annotated[str | None, typer.Option(help="A draft model GGUF to count.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     settings = Settings.from_env()
@@ -82,13 +79,12 @@ def fit(
         files = _model_files(model, projector, adapter or [], settings, draft)
         gpus = devices.parse_gpu_specs(gpu) if gpu else devices.discover_gpus(settings)
         system = _system(ram)
-        fa = settings.flash_attention if flash_attention is None else _switch(flash_attention)
         asked = LoadOptions(
             num_ctx=num_ctx or settings.context_length,
             num_batch=num_batch,
             num_gpu=num_gpu,
             parallel=parallel or settings.num_parallel,
-            flash_attention=fa,
+            flash_attention=_switch(flash_attention, settings.flash_attention),
             kv_cache_type=kv_cache_type if kv_cache_type is not None else settings.kv_cache_type,
             use_mmap=use_mmap,
             draft_max=settings.draft_max,
@@ -201,7 +197,10 @@ def _place(
     )
 
 
-def _switch(value: Switch) -> bool | None:
+def _switch(value: Switch | None, default: bool | None) -> bool | None:
+    """The flag asked for (None: auto); ``default`` when nothing was asked."""
+    if value is None:
+        return default
     return None if value is Switch.auto else value is Switch.on
 
 
@@ -281,6 +280,30 @@ def _draft_figures(draft: DraftMemory | None) -> dict[str, Any] | None:
     }
 
 
+def _add_beside(table: Table, vision: dict[str, Any] | None, draft: dict[str, Any] | None) -> None:
+    """The rows of what is loaded beside the model: its projector, its draft model."""
+    if vision:
+        table.add_row(
+            f"projector ({vision['device']})",
+            "",
+            format_bytes(vision["weights"]),
+            "",
+            format_bytes(vision["graph"]),
+            format_bytes(vision["total"]),
+            "",
+        )
+    if draft:
+        table.add_row(
+            "draft model (cpu)",
+            "",
+            format_bytes(draft["weights"]),
+            format_bytes(draft["cache"]),
+            format_bytes(draft["graph"]),
+            format_bytes(draft["total"]),
+            "",
+        )
+
+
 def _device_figures(mem: DeviceMemory) -> dict[str, Any]:
     return {
         "layers": list(mem.layers()),
@@ -327,26 +350,7 @@ def _print_table(model: str, report: dict[str, Any], placement: Placement) -> No
         format_bytes(cpu["total"] - beside),
         format_bytes(cpu["free"]),
     )
-    if vision:
-        table.add_row(
-            f"projector ({vision['device']})",
-            "",
-            format_bytes(vision["weights"]),
-            "",
-            format_bytes(vision["graph"]),
-            format_bytes(vision["total"]),
-            "",
-        )
-    if draft:
-        table.add_row(
-            "draft model (cpu)",
-            "",
-            format_bytes(draft["weights"]),
-            format_bytes(draft["cache"]),
-            format_bytes(draft["graph"]),
-            format_bytes(draft["total"]),
-            "",
-        )
+    _add_beside(table, vision, draft)
     console.print(table)
     console.print(
         f"total {format_bytes(report['total'])} · VRAM {format_bytes(report['vram'])} · "

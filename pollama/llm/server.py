@@ -144,8 +144,7 @@ class LlamaServer:
         on_crash: CrashObserver | None = None,
         spares: SpareRunner | None = None,
     ) -> LlamaServer:
-        """Start a runner for ``model`` on a free loopback port, seeing only ``gpus``: the
-        spare when one fits (``spares``), else a new process."""
+        """A runner for ``model`` seeing only ``gpus``: the spare if one fits, else a new one."""
         # A LoRA file that is not a GGUF is refused here (InvalidModelFile), before a runner.
         adapters = await asyncio.to_thread(lambda: tuple(read_model(p) for p in lora))
         env = runner_environment(gpus, os.environ)

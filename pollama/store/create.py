@@ -64,7 +64,8 @@ def plan_layers(
     both: ``base``'s layers with ``model_blob`` as its weights (a quantized copy).
 
     ``base`` is the base model's manifest and config blob; ``base_params`` its params;
-    ``draft_blob`` a draft model's GGUF (speculative decoding), kept as the DRAFT layer.
+    ``draft_blob`` a draft model's GGUF (speculative decoding), kept as the DRAFT layer
+    (its vocabulary checked against the weights' before: ``store.vocab``).
     """
     if model_blob is None and base is None:
         raise InvalidModelfile("a model is created from either a GGUF file or an existing model")
@@ -82,11 +83,9 @@ def plan_layers(
             layers=(),
         )
         config = {**config, **described}
-    if projector_blob is not None:
-        layers = _without(layers, PROJECTOR) + [_gguf_layer(blobs, PROJECTOR, projector_blob)[0]]
-    if draft_blob is not None:
-        # Its vocabulary was checked against the weights before (``store.vocab``).
-        layers = _without(layers, DRAFT) + [_gguf_layer(blobs, DRAFT, draft_blob)[0]]
+    for media_type, blob in ((PROJECTOR, projector_blob), (DRAFT, draft_blob)):
+        if blob is not None:
+            layers = _without(layers, media_type) + [_gguf_layer(blobs, media_type, blob)[0]]
     if adapters:
         layers = _without(layers, ADAPTER) + [_gguf_layer(blobs, ADAPTER, a)[0] for a in adapters]
     for media_type, text in ((TEMPLATE, template), (SYSTEM, system)):
