@@ -274,3 +274,30 @@ def test_draft_num_predict_out_of_range_is_a_400(drafting: Server, value: int):
     response = drafting.post("/api/chat", body)
     assert response.status_code == 400
     assert "draft_num_predict" in response.json()["error"]
+
+
+def test_fit_shows_the_stored_draft_model(tmp_path: Path, q4_0_model: Path, q8_0_model: Path):
+    from test_cli_fit import pollama
+
+    from pollama.store.disk import Store
+    from pollama.store.names import ModelName
+
+    store = Store(tmp_path / "models")
+    target, draft = store.add_file(q8_0_model), store.add_file(q4_0_model)
+    store.create_model(ModelName.parse("spec"), model_blob=target, draft_blob=draft)
+    env = {"OLLAMA_MODELS": str(store.root), "OLLAMA_CONTEXT_LENGTH": "2048"}
+    with_draft = json.loads(pollama("fit", "spec", "--json", env=env).stdout)
+    alone = json.loads(pollama("fit", str(q8_0_model), "--json", env=env).stdout)
+    # The draft counts as the Q4_0 model on its own would on the CPU (with any repacked
+    # copies this CPU's extra buffers keep), beside the target.
+    own = json.loads(pollama("fit", str(q4_0_model), "--json", env=env).stdout)["cpu"]
+    figures = with_draft["draft"]
+    assert figures["weights"] == own["weights"] + own["input_weights"]
+    assert figures["weights"] >= sum(t.n_bytes for t in read_model(q4_0_model).tensors)
+    assert figures["cache"] == own["cache"] > 0
+    assert with_draft["total"] - alone["total"] == figures["total"]
+    assert alone["draft"] is None
+    table = pollama("fit", "spec", env=env).stdout
+    assert "draft (cpu)" in table
+    off = {**env, "POLLAMA_SPECULATIVE": "off"}  # then the runner does not load it
+    assert json.loads(pollama("fit", "spec", "--json", env=off).stdout)["draft"] is None

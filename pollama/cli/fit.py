@@ -294,7 +294,7 @@ def _add_beside(table: Table, vision: dict[str, Any] | None, draft: dict[str, An
         )
     if draft:
         table.add_row(
-            "draft model (cpu)",
+            "draft (cpu)",
             "",
             format_bytes(draft["weights"]),
             format_bytes(draft["cache"]),
