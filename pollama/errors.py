@@ -4,7 +4,8 @@
     ├── InvalidModelFile            a model file that is not a usable GGUF
     ├── BadRequest                  a request body that is missing, not JSON, or malformed
     │   ├── InvalidOption           an option or PARAMETER unknown, or of the wrong type
-    │   └── InvalidKeepAlive        a keep_alive that is neither seconds nor a duration
+    │   ├── InvalidKeepAlive        a keep_alive that is neither seconds nor a duration
+    │   └── DraftVocabularyMismatch a DRAFT model whose vocabulary is not the model's
     ├── ModelNotFound               a name or path that names no model
     ├── InvalidModelName            a name Ollama's rules reject (or a traversal attempt)
     ├── InvalidDigest               a blob digest that is not sha256:<64 hex>
@@ -64,6 +65,17 @@ class InvalidOption(BadRequest):
 
 class InvalidKeepAlive(BadRequest):
     """A ``keep_alive`` that is neither a number of seconds nor a duration."""
+
+
+class DraftVocabularyMismatch(BadRequest):
+    """A draft model (Modelfile ``DRAFT``) whose tokens are not the model's: its drafts
+    would be token ids that mean something else to the model it drafts for."""
+
+    def __init__(self, draft: str, model: str, difference: str) -> None:
+        super().__init__(
+            f'draft model "{draft}" does not share a vocabulary with "{model}": {difference}'
+        )
+        self.difference = difference
 
 
 class ModelNotFound(PollamaError):

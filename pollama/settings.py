@@ -17,7 +17,8 @@ from pollama.units import parse_duration, parse_size
 DEFAULT_PORT = 11434
 FOREVER = float("inf")
 DRAFT_MAX = 8
-"""The longest draft a sequence verifies in one step (POLLAMA_SPECULATIVE=auto)."""
+"""The longest draft a sequence verifies in one step (POLLAMA_SPECULATIVE=auto), and so
+the bound of the ``draft_num_predict`` option."""
 
 
 @dataclass(frozen=True)

@@ -304,8 +304,9 @@ def _estimate(runner: LoadedModel, measured: BackendMemory) -> BackendMemory | N
     try:
         projector = _header(runner.spec.projector) if runner.spec.projector else None
         adapters = tuple(_header(path) for path in runner.spec.adapters)
+        draft = _header(runner.spec.draft) if runner.spec.draft else None
         return estimate_for_layout(
-            runner.spec.model, runner.config, measured, projector, adapters=adapters
+            runner.spec.model, runner.config, measured, projector, adapters=adapters, draft=draft
         )
     except Exception:  # a scrape must not fail over one model's figures
         log.warning("no memory estimate for model=%s", runner.name, exc_info=True)

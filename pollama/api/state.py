@@ -53,6 +53,7 @@ class ServerState:
             parameters=dict(resolved.parameters),
             adapters=tuple(str(p) for p in resolved.adapter_paths),
             projector=await asyncio.to_thread(vision_projector, resolved.projector_paths),
+            draft=str(resolved.draft_path) if resolved.draft_path is not None else "",
             details=model_details(resolved.config),
         )
         return spec, resolved

@@ -1,6 +1,6 @@
 """``pollama create``: a model from a Modelfile, its local files uploaded as blobs first.
 
-The Modelfile is parsed here, as Ollama's CLI does: a FROM or ADAPTER naming a
+The Modelfile is parsed here, as Ollama's CLI does: a FROM, DRAFT or ADAPTER naming a
 file (relative paths are relative to the Modelfile) is hashed, uploaded to
 ``/api/blobs/sha256:<hex>`` unless the server has it, and named by digest in
 the ``/api/create`` request; a FROM that is not a file is a model name.
@@ -66,6 +66,9 @@ def create_request(model: str, modelfile: Modelfile, base: Path, put: Upload) ->
         projector = local_file(modelfile.projector, base, required=True)
         assert projector is not None
         body.setdefault("files", {})[projector.name] = put(projector)
+    if modelfile.draft is not None:  # a stored model's name, or a GGUF file to upload
+        draft = local_file(modelfile.draft, base)
+        body["draft"] = {draft.name: put(draft)} if draft is not None else modelfile.draft
     adapters = {}
     for adapter in modelfile.adapters:
         path = local_file(adapter, base, required=True)

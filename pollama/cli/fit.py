@@ -21,7 +21,7 @@ from pollama.ggufmeta import GGUFModel, read_model
 from pollama.memory.adapters import adapter_bytes
 from pollama.memory.layout import LayoutPolicy, format_layers
 from pollama.memory.placement import Placement, plan_placement
-from pollama.memory.types import DeviceMemory, ProjectorMemory
+from pollama.memory.types import DeviceMemory, DraftMemory, ProjectorMemory
 from pollama.options.load import LoadOptions, resolve_load_options
 from pollama.settings import Settings
 from pollama.store.disk import Store
@@ -71,20 +71,20 @@ def fit(
     adapter: Annotated[
         list[Path] | None, typer.Option(help="A LoRA adapter GGUF to count (repeatable).")
     ] = None,
+    draft: Annotated[str | None, typer.Option(help="A draft model GGUF to count.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     settings = Settings.from_env()
     try:
-        files = _model_files(model, projector, adapter or [], settings)
+        files = _model_files(model, projector, adapter or [], settings, draft)
         gpus = devices.parse_gpu_specs(gpu) if gpu else devices.discover_gpus(settings)
         system = _system(ram)
-        fa = settings.flash_attention if flash_attention is None else _switch(flash_attention)
         asked = LoadOptions(
             num_ctx=num_ctx or settings.context_length,
             num_batch=num_batch,
             num_gpu=num_gpu,
             parallel=parallel or settings.num_parallel,
-            flash_attention=fa,
+            flash_attention=_switch(flash_attention, settings.flash_attention),
             kv_cache_type=kv_cache_type if kv_cache_type is not None else settings.kv_cache_type,
             use_mmap=use_mmap,
             draft_max=settings.draft_max,
@@ -126,21 +126,27 @@ def _system(ram: str | None) -> SystemInfo:
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """The GGUF headers a load of the model reads: the model, its vision projector and
-    its LoRA adapters."""
+    """The GGUF headers a load of the model reads: the model, its vision projector, its
+    LoRA adapters and its draft model."""
 
     model: GGUFModel
     projector: GGUFModel | None
     adapters: tuple[GGUFModel, ...]
+    draft: GGUFModel | None = None
 
 
 def _model_files(
-    model: str, projector: str | None, adapters: list[Path], settings: Settings
+    model: str,
+    projector: str | None,
+    adapters: list[Path],
+    settings: Settings,
+    draft: str | None = None,
 ) -> ModelFiles:
     """A file path or the demo model, else a model in the store, which brings its own
-    projector (unless ``projector`` is given) and its ADAPTER layers (then each
-    ``--adapter`` file): the runner would load them too."""
+    projector and draft model (unless ``projector`` or ``draft`` is given) and its ADAPTER
+    layers (then each ``--adapter`` file): the runner would load them too."""
     stored_adapters: tuple[Path, ...] = ()
+    stored_draft: Path | None = None
     try:
         path = resolve_model_path(model)
         stored: Path | None = None
@@ -149,11 +155,14 @@ def _model_files(
         path = resolved.model_path
         stored = resolved.projector_paths[0] if resolved.projector_paths else None
         stored_adapters = resolved.adapter_paths
+        stored_draft = resolved.draft_path
     vision = Path(projector).expanduser() if projector else stored
+    drafter = Path(draft).expanduser() if draft else stored_draft
     return ModelFiles(
         read_model(path),
         read_model(vision) if vision else None,
         tuple(read_model(p) for p in (*stored_adapters, *adapters)),
+        read_model(drafter) if drafter else None,
     )
 
 
@@ -177,11 +186,21 @@ def _place(
         gpu_overhead=settings.gpu_overhead,
     )
     return plan_placement(
-        gguf, config, system, gpus, policy, files.projector, adapters=files.adapters
+        gguf,
+        config,
+        system,
+        gpus,
+        policy,
+        files.projector,
+        adapters=files.adapters,
+        draft=files.draft,
     )
 
 
-def _switch(value: Switch) -> bool | None:
+def _switch(value: Switch | None, default: bool | None) -> bool | None:
+    """The flag asked for (None: auto); ``default`` when nothing was asked."""
+    if value is None:
+        return default
     return None if value is Switch.auto else value is Switch.on
 
 
@@ -230,6 +249,7 @@ def fit_report(
         "devices": devices,
         "cpu": cpu,
         "projector": _projector_figures(memory.projector),
+        "draft": _draft_figures(memory.draft),
         "total": total,
         "vram": vram,
         "warnings": list(config.warnings),
@@ -246,6 +266,42 @@ def _projector_figures(projector: ProjectorMemory | None) -> dict[str, Any] | No
         "graph": projector.graph,
         "total": projector.size,
     }
+
+
+def _draft_figures(draft: DraftMemory | None) -> dict[str, Any] | None:
+    if draft is None:
+        return None
+    return {
+        "device": "cpu",
+        "weights": draft.weights,
+        "cache": draft.cache,
+        "graph": draft.graph,
+        "total": draft.size,
+    }
+
+
+def _add_beside(table: Table, vision: dict[str, Any] | None, draft: dict[str, Any] | None) -> None:
+    """The rows of what is loaded beside the model: its projector, its draft model."""
+    if vision:
+        table.add_row(
+            f"projector ({vision['device']})",
+            "",
+            format_bytes(vision["weights"]),
+            "",
+            format_bytes(vision["graph"]),
+            format_bytes(vision["total"]),
+            "",
+        )
+    if draft:
+        table.add_row(
+            "draft (cpu)",
+            "",
+            format_bytes(draft["weights"]),
+            format_bytes(draft["cache"]),
+            format_bytes(draft["graph"]),
+            format_bytes(draft["total"]),
+            "",
+        )
 
 
 def _device_figures(mem: DeviceMemory) -> dict[str, Any]:
@@ -282,8 +338,9 @@ def _print_table(model: str, report: dict[str, Any], placement: Placement) -> No
             format_bytes(dev["free"]),
         )
     cpu = report["cpu"]
-    vision = report["projector"]
+    vision, draft = report["projector"], report["draft"]
     beside = vision["total"] if vision and vision["device"] == "cpu" else 0
+    beside += draft["total"] if draft else 0
     table.add_row(
         "CPU",
         format_layers(cpu["layers"]),
@@ -293,16 +350,7 @@ def _print_table(model: str, report: dict[str, Any], placement: Placement) -> No
         format_bytes(cpu["total"] - beside),
         format_bytes(cpu["free"]),
     )
-    if vision:
-        table.add_row(
-            f"projector ({vision['device']})",
-            "",
-            format_bytes(vision["weights"]),
-            "",
-            format_bytes(vision["graph"]),
-            format_bytes(vision["total"]),
-            "",
-        )
+    _add_beside(table, vision, draft)
     console.print(table)
     console.print(
         f"total {format_bytes(report['total'])} · VRAM {format_bytes(report['vram'])} · "

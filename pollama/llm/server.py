@@ -139,12 +139,12 @@ class LlamaServer:
         client_factory: ClientFactory | None = None,
         lora: Sequence[str] = (),
         projector: str = "",
+        draft: str = "",
         stop_grace: float = 5.0,
         on_crash: CrashObserver | None = None,
         spares: SpareRunner | None = None,
     ) -> LlamaServer:
-        """Start a runner for ``model`` on a free loopback port, seeing only ``gpus``: the
-        spare when one fits (``spares``), else a new process."""
+        """A runner for ``model`` seeing only ``gpus``: the spare if one fits, else a new one."""
         # A LoRA file that is not a GGUF is refused here (InvalidModelFile), before a runner.
         adapters = await asyncio.to_thread(lambda: tuple(read_model(p) for p in lora))
         env = runner_environment(gpus, os.environ)
@@ -181,6 +181,7 @@ class LlamaServer:
             main_gpu=config.main_gpu,
             lora=tuple(lora),
             projector=projector,
+            draft=draft,
             extra_buffers=config.extra_buffers,
             draft_max=config.draft_max,
         )
@@ -243,8 +244,17 @@ class LlamaServer:
         """
         path = self._load_request.projector
         projector = read_model(path) if path else None  # a small header, read once per load
+        draft_path = self._load_request.draft
+        draft = read_model(draft_path) if draft_path else None
         placement = plan_placement(
-            self._model, self._config, system, gpus, policy, projector, adapters=self._adapters
+            self._model,
+            self._config,
+            system,
+            gpus,
+            policy,
+            projector,
+            adapters=self._adapters,
+            draft=draft,
         )
         self._memory, self._layout = placement.memory, placement.layout
         log.info(

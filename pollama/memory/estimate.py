@@ -16,11 +16,15 @@
 - A vision projector's weights and compute buffer (``pollama.memory.projector``)
   are in system memory, where the runner keeps it.
 - LoRA adapters add their tensors to the layers they adapt (``adapters``).
+- A draft model (speculative decoding) is a second model on the CPU with a context
+  of its own: its weights, KV cache and graph are estimated as the target's are
+  (``draft_memory``), in system memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from pollama.devices.types import DeviceInfo
 from pollama.engine.kernels import extra_bytes, tied_output_bytes
@@ -28,7 +32,7 @@ from pollama.ggufmeta import GGUFModel
 from pollama.ggufmeta.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from pollama.memory.adapters import with_adapters
 from pollama.memory.projector import projector_memory
-from pollama.memory.types import BackendMemory, DeviceMemory
+from pollama.memory.types import BackendMemory, DeviceMemory, DraftMemory
 from pollama.options.load import LoadConfig
 
 _CACHE_GGML_TYPES = {
@@ -135,10 +139,12 @@ def estimate_memory(
     swa_full: bool = False,
     projector: GGUFModel | None = None,
     adapters: Sequence[GGUFModel] = (),
+    draft: GGUFModel | None = None,
 ) -> BackendMemory:
     """The model's memory with every layer on the CPU and an empty entry per GPU (and
     ``projector``'s, if it has one); ``adapters`` (LoRA GGUFs) add their tensors to the
-    layers they adapt."""
+    layers they adapt; ``draft``, a draft model, counts when the load speculates (the
+    runner loads it only then)."""
     groups = model.layers()
     n_blocks = model.block_count
     n_layers = n_blocks + 1
@@ -182,8 +188,21 @@ def estimate_memory(
             if projector is not None
             else None
         ),
+        draft=draft_memory(draft, config) if draft is not None and config.draft_max else None,
     )
     return with_adapters(memory, adapters)
+
+
+def draft_memory(draft: GGUFModel, config: LoadConfig) -> DraftMemory:
+    """A draft model on the CPU with a context like the target's (the same sequences and
+    context per sequence) that asks for one row of logits per sequence: it drafts one
+    token per decode, greedily. Estimated exactly as a model of its own would be."""
+    own = estimate_memory(draft, replace(config, draft_max=0))
+    return DraftMemory(
+        weights=own.input_weights + own.cpu.layer_weights,
+        cache=own.cpu.layer_cache,
+        graph=own.cpu.graph,
+    )
 
 
 def _pad(n: int, to: int) -> int:

@@ -37,8 +37,11 @@ def plan_placement(
     projector: GGUFModel | None = None,
     *,
     adapters: Sequence[GGUFModel] = (),
+    draft: GGUFModel | None = None,
 ) -> Placement:
-    memory = estimate_memory(model, config, gpus, projector=projector, adapters=adapters)
+    memory = estimate_memory(
+        model, config, gpus, projector=projector, adapters=adapters, draft=draft
+    )
     layout = Layout()
     while True:
         previous = layout
@@ -57,11 +60,12 @@ def estimate_for_layout(
     projector: GGUFModel | None = None,
     *,
     adapters: Sequence[GGUFModel] = (),
+    draft: GGUFModel | None = None,
 ) -> BackendMemory:
     """The estimate of ``model`` placed as a runner placed it: each GPU holding the layers
     it holds in ``measured``. (The layout the load started from may differ; this one
     compares like with like, for the metrics' estimated-vs-measured figures.)"""
-    estimate = estimate_memory(model, config, projector=projector, adapters=adapters)
+    estimate = estimate_memory(model, config, projector=projector, adapters=adapters, draft=draft)
     n = estimate.n_layers
     gpus = tuple(DeviceMemory.empty(g.name, g.device, n) for g in measured.gpus)
     layout = Layout(

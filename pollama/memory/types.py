@@ -63,6 +63,21 @@ class ProjectorMemory:
 
 
 @dataclass(frozen=True)
+class DraftMemory:
+    """A draft model (speculative decoding) and its own context, in system memory: the
+    runner keeps it on the CPU whatever the target's layout."""
+
+    weights: int
+    cache: int
+    graph: int
+    """Its compute buffer and logits."""
+
+    @property
+    def size(self) -> int:
+        return self.weights + self.cache + self.graph
+
+
+@dataclass(frozen=True)
 class BackendMemory:
     """The memory of one loaded (or planned) model across the CPU and every GPU."""
 
@@ -78,6 +93,8 @@ class BackendMemory:
     measured figures carry each device's own graph instead)."""
     projector: ProjectorMemory | None = None
     """The vision projector loaded beside the model, if any."""
+    draft: DraftMemory | None = None
+    """The draft model loaded beside it, if any (always in system memory)."""
 
     @property
     def n_layers(self) -> int:
@@ -116,8 +133,10 @@ class BackendMemory:
 
     @property
     def cpu_total(self) -> int:
-        """System memory: input weights + the CPU's layers and graph (+ a projector there)."""
-        return self.input_weights + self.cpu.size + self._projector_on(None)
+        """System memory: input weights + the CPU's layers and graph (+ a projector there,
+        + a draft model)."""
+        draft = self.draft.size if self.draft is not None else 0
+        return self.input_weights + self.cpu.size + self._projector_on(None) + draft
 
     def _projector_on(self, device: DeviceID | None) -> int:
         projector = self.projector

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pollama.errors import InvalidOption
+from pollama.settings import DRAFT_MAX
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ OPTIONS: Mapping[str, Option] = MappingProxyType(
         "presence_penalty": _sampling(OptionType.FLOAT, 0.0),
         "frequency_penalty": _sampling(OptionType.FLOAT, 0.0),
         "stop": _sampling(OptionType.STRING_LIST, ()),
+        # pollama's own: the most tokens speculative decoding drafts per step (0: none);
+        # at most the rows of logits the runner reserves per sequence (DRAFT_MAX).
+        "draft_num_predict": _sampling(OptionType.INT, DRAFT_MAX, (0, DRAFT_MAX)),
         **{name: Option(kind, OptionKind.IGNORED) for name, kind in _IGNORED.items()},
     }
 )

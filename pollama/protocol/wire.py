@@ -30,11 +30,16 @@ from enum import StrEnum
 from math import isfinite
 from typing import Any
 
-from pollama.devices.types import DeviceID
 from pollama.engine.kernels import PLAIN, ExtraBuffers
-from pollama.memory.layout import GPULayers, Layout
-from pollama.memory.types import BackendMemory, DeviceMemory, ProjectorMemory
+from pollama.memory.layout import Layout
+from pollama.memory.types import BackendMemory
 from pollama.options.parameters import default
+
+# The memory and layout JSON live beside this module; their users import them from here.
+from pollama.protocol.memory_json import layout_from_json as layout_from_json
+from pollama.protocol.memory_json import layout_to_json as layout_to_json
+from pollama.protocol.memory_json import memory_from_json as memory_from_json
+from pollama.protocol.memory_json import memory_to_json as memory_to_json
 
 IMAGE_MARKER = "<__media__>"
 """Where each of a completion's ``images`` goes in its prompt, one marker per image in
@@ -102,6 +107,8 @@ class LoadRequest:
     main_gpu: int = 0
     lora: tuple[str, ...] = ()
     projector: str = ""
+    draft: str = ""
+    """A draft model's GGUF: it drafts for speculative decoding when ``draft_max`` > 0."""
     extra_buffers: ExtraBuffers = PLAIN
     """llama.cpp's extra CPU buffer types: on or off, and what the estimate needs of them."""
     draft_max: int = 0  # draft tokens a sequence may verify per step; 0 = no speculation
@@ -131,6 +138,7 @@ class LoadRequest:
                 main_gpu=int(body.get("main_gpu", 0)),
                 lora=tuple(str(p) for p in body.get("lora", ())),
                 projector=str(body.get("projector", "") or ""),
+                draft=str(body.get("draft", "") or ""),
                 extra_buffers=ExtraBuffers.from_json(body.get("extra_buffers")),
                 draft_max=max(0, int(body.get("draft_max", 0))),
             )
@@ -182,6 +190,8 @@ class SamplingOptions:
     seed: int = default("seed")
     stop: tuple[str, ...] = default("stop")
     num_keep: int = default("num_keep")
+    draft_num_predict: int = default("draft_num_predict")
+    """The most tokens speculative decoding drafts per step for this request; 0: none."""
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -500,90 +510,6 @@ class RunnerStats:
             int(body.get("images_encoded", 0)),
             int(body.get("lora_switches", 0)),
         )
-
-
-# -- memory and layouts -----------------------------------------------------------
-
-
-def layout_to_json(layout: Layout) -> list[dict[str, Any]]:
-    return [
-        {"device": {"library": g.device.library, "id": g.device.id}, "layers": list(g.layers)}
-        for g in layout.gpus
-    ]
-
-
-def layout_from_json(body: Sequence[Mapping[str, Any]]) -> Layout:
-    return Layout(
-        tuple(GPULayers(_device(g["device"]), tuple(int(x) for x in g["layers"])) for g in body)
-    )
-
-
-def memory_to_json(memory: BackendMemory) -> dict[str, Any]:
-    return {
-        "input_weights": memory.input_weights,
-        "cpu": _device_memory_to_json(memory.cpu),
-        "gpus": [_device_memory_to_json(g) for g in memory.gpus],
-        "tied_output": memory.tied_output,
-        "projector": _projector_to_json(memory.projector),
-    }
-
-
-def memory_from_json(body: Mapping[str, Any]) -> BackendMemory:
-    return BackendMemory(
-        input_weights=int(body["input_weights"]),
-        cpu=_device_memory_from_json(body["cpu"]),
-        gpus=tuple(_device_memory_from_json(g) for g in body.get("gpus", ())),
-        tied_output=int(body.get("tied_output", 0)),
-        projector=_projector_from_json(body.get("projector")),
-    )
-
-
-def _projector_to_json(projector: ProjectorMemory | None) -> dict[str, Any] | None:
-    if projector is None:
-        return None
-    device = projector.device
-    return {
-        "weights": projector.weights,
-        "graph": projector.graph,
-        "device": {"library": device.library, "id": device.id} if device else None,
-    }
-
-
-def _projector_from_json(body: Mapping[str, Any] | None) -> ProjectorMemory | None:
-    if not body:
-        return None
-    device = body.get("device")
-    return ProjectorMemory(
-        weights=int(body["weights"]),
-        graph=int(body["graph"]),
-        device=_device(device) if device else None,
-    )
-
-
-def _device_memory_to_json(mem: DeviceMemory) -> dict[str, Any]:
-    device = {"library": mem.device.library, "id": mem.device.id} if mem.device else None
-    return {
-        "name": mem.name,
-        "device": device,
-        "weights": list(mem.weights),
-        "cache": list(mem.cache),
-        "graph": mem.graph,
-    }
-
-
-def _device_memory_from_json(body: Mapping[str, Any]) -> DeviceMemory:
-    device = body.get("device")
-    return DeviceMemory(
-        name=str(body["name"]),
-        device=_device(device) if device else None,
-        weights=tuple(int(x) for x in body["weights"]),
-        cache=tuple(int(x) for x in body["cache"]),
-        graph=int(body.get("graph", 0)),
-    )
-
-
-def _device(body: Mapping[str, Any]) -> DeviceID:
-    return DeviceID(str(body["library"]), str(body["id"]))
 
 
 def _positive(value: Any, name: str) -> int:

@@ -45,6 +45,7 @@ from pollama.runner.model import (
     ModelLoader,
     adapter_headers,
     allocation_of,
+    draft_header,
     gpus_of,
     load_config,
 )
@@ -213,6 +214,7 @@ class Engine:
             gpus_of(request),
             projector=self._projector_header(request.projector),
             adapters=adapter_headers(request.lora),
+            draft=draft_header(request.draft, config),
         )
         placed = place(estimate, request.layout)
         if request.operation is LoadOperation.FIT:
@@ -238,6 +240,8 @@ class Engine:
             )
             memory = replace(loaded.memory, projector=vision.memory)
             loaded = self._loaded = replace(loaded, vision=vision, memory=memory)
+        if request.draft and config.draft_max > 0:  # not loaded when nothing drafts
+            loaded = self._loaded = self._loader.open_draft(loaded, request.draft, request)
         self._slots = [Slot(i) for i in range(config.parallel)]
         self._embedder = Embedder(loaded, self._log, embedding_model=self.gguf.is_embedding_model)
         self._loader.warm_up(loaded)  # on failure, load() closes what is here

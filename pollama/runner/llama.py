@@ -452,6 +452,10 @@ class Threadpool:
     def attach(self, ctx: Any) -> None:
         _bindings._lib.llama_attach_threadpool(ctx, self._handle, self._handle)
 
+    def detach(self, ctx: Any) -> None:
+        """Stop ``ctx`` using these threads (a second context sharing them, freed first)."""
+        _bindings._lib.llama_detach_threadpool(ctx)
+
     def free(self, ctx: Any) -> None:
         """Detach from ``ctx`` (if it is still alive) and free the threads."""
         if self._handle is None:

@@ -23,6 +23,7 @@ from pollama.protocol.wire import LoadOperation, LoadRequest
 from pollama.runner import llama
 from pollama.runner.buffers import BufferSizes, ProjectorBuffers, visible_devices
 from pollama.runner.crash_hook import crash_if_asked
+from pollama.runner.draft_model import DraftModel
 from pollama.runner.embedding import EMBED_MAX_SEQS
 from pollama.runner.lora import Adapters
 from pollama.runner.measure import measured_memory
@@ -90,6 +91,21 @@ class ModelLoader:
             ),
         )
 
+    def open_draft(self, loaded: Loaded, path: str, request: LoadRequest) -> Loaded:
+        """``loaded`` with its draft model, on the CPU, sharing the model's threads. Its
+        memory is the estimate's (``placed.draft``: exact weights and KV), since its
+        buffers cannot be told apart from the model's in llama.cpp's log."""
+        drafter = DraftModel.open(
+            path,
+            loaded.config,
+            self._log,
+            target_vocab=loaded.vocab.size,
+            extra_buffers=request.extra_buffers.on,
+        )
+        if loaded.threadpool is not None:
+            loaded.threadpool.attach(drafter.ctx)
+        return replace(loaded, drafter=drafter)
+
     def projector_buffers(self) -> ProjectorBuffers:
         """A collector for what mtmd logs while it loads a projector."""
         return ProjectorBuffers(device_map=self._device_map)
@@ -119,6 +135,10 @@ class ModelLoader:
 
     @staticmethod
     def free(loaded: Loaded) -> None:
+        if loaded.drafter is not None:  # before the threads it shares with the model
+            if loaded.threadpool is not None:
+                loaded.threadpool.detach(loaded.drafter.ctx)
+            loaded.drafter.free()
         loaded.batch.free()
         if loaded.threadpool is not None:
             loaded.threadpool.free(loaded.ctx)
@@ -232,6 +252,16 @@ def allocation_of(request: LoadRequest) -> LoadRequest:
 def gpus_of(request: LoadRequest) -> list[DeviceInfo]:
     """Placeholder device records for the layout's GPUs: the estimate needs only their ids."""
     return [DeviceInfo(g.device, str(g.device), 0, 0) for g in request.layout.gpus]
+
+
+def draft_header(path: str, config: LoadConfig) -> GGUFModel | None:
+    """The draft model's GGUF header, when the load drafts with it (``draft_max`` > 0)."""
+    if not path or config.draft_max <= 0:
+        return None
+    try:
+        return read_model(path)
+    except InvalidModelFile as exc:
+        raise EngineError(f"draft model: {exc}", status=400) from None
 
 
 def adapter_headers(paths: tuple[str, ...]) -> tuple[GGUFModel, ...]:

@@ -79,10 +79,13 @@ def fail_all(
             slot.gen.request.emit(error)
             slot.release()
             slot.cache.clear()
+        slot.draft_cache.clear()
     while waiting:
         waiting.popleft().emit(error)
     if loaded is not None:
         L.llama_memory_clear(L.llama_get_memory(loaded.ctx), True)
+        if loaded.drafter is not None:
+            loaded.drafter.clear()
 
 
 def prompt_tokens(

@@ -11,12 +11,21 @@ emitted token is one the plain path would have drawn from the same logits with
 the same sampler state (a seeded draw consumes one random number per emitted
 token either way), so the output is the plain output, token for token — greedy
 or sampled, with or without a grammar. Sampled requests just accept less.
+
+Drafts come from one of two kinds: a draft model, when the model has one
+(``draft_model``: drafted before the step builds its batch), or else prompt lookup
+(``lookup``: drafted while it builds it). Either way ``Pace`` sets how long a draft may
+be, and a request's ``draft_num_predict`` caps it (0: that request does not draft).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 import llama_cpp as L
 
+from pollama.runner.draft_model import DraftJob
 from pollama.runner.lookup import Lookup, Pace
 from pollama.runner.sampling import sample
 from pollama.runner.state import Generation, Loaded, Slot
@@ -37,23 +46,73 @@ def drafts_enabled(loaded: Loaded) -> bool:
 
 
 def start(loaded: Loaded, gen: Generation, prompt: list[int]) -> None:
-    """Give a new generation its lookup index over the prompt, when it may draft."""
-    if drafts_enabled(loaded):
-        gen.lookup = Lookup()
-        gen.lookup.extend(t for t in prompt if not is_image(t))
-        gen.pace = Pace(max_length=loaded.config.draft_max)
+    """Give a new generation its pace (and, without a draft model, its lookup index over
+    the prompt), when it may draft."""
+    if not drafts_enabled(loaded):
+        return
+    length = min(loaded.config.draft_max, gen.request.body.options.draft_num_predict)
+    if length <= 0:
+        return
+    if loaded.drafter is not None:
+        # Images are placeholder ids the draft model cannot see: such a prompt does not draft.
+        if not any(is_image(t) for t in prompt):
+            gen.pace = Pace(max_length=length)
+        return
+    gen.lookup = Lookup()
+    gen.lookup.extend(t for t in prompt if not is_image(t))
+    gen.pace = Pace(max_length=length)
+
+
+def draft_ahead(loaded: Loaded, slots: Sequence[Slot], scales: tuple[float, ...] | None) -> None:
+    """With a draft model: each generating slot of this step (``scales``: the LoRA set it
+    decodes) drafts now, before the batch is built, as far as the batch (as ``_fill``
+    will share it out), the context, the request and its pace allow."""
+    drafter = loaded.drafter
+    if drafter is None:
+        return
+    budget = loaded.batch.capacity
+    jobs: list[tuple[Generation, DraftJob]] = []
+    for slot in slots:
+        gen = slot.gen
+        if gen is None or gen.next_token is None or gen.pace is None or budget <= 0:
+            continue
+        if scales is not None and gen.scales != scales:
+            continue
+        limit = _limit(loaded, slot, gen, budget - 1)
+        limit = min(limit, gen.pace.allowance()) if limit > 0 else 0
+        budget -= 1 + max(0, limit)
+        if limit > 0:
+            want = [*slot.cache, gen.next_token]
+            jobs.append((gen, DraftJob(slot.index, slot.draft_cache, want, limit, [])))
+    if not jobs:
+        return
+    started = time.perf_counter_ns()
+    drafter.draft([job for _, job in jobs])
+    elapsed = time.perf_counter_ns() - started
+    for gen, job in jobs:
+        gen.proposed = job.draft
+        gen.eval_ns += elapsed
+
+
+def _limit(loaded: Loaded, slot: Slot, gen: Generation, room: int) -> int:
+    """The longest draft ``slot`` may verify this step: within ``room`` batch rows, the
+    context, and what the request may still generate."""
+    return min(
+        room,
+        loaded.config.num_ctx - len(slot.cache) - 1,
+        gen.num_predict - gen.generated - 1,
+    )
 
 
 def propose(loaded: Loaded, slot: Slot, gen: Generation, room: int) -> list[int]:
     """The draft to verify after ``gen.next_token`` this step, within ``room`` batch
     rows, the context, and what the request may still generate."""
-    if gen.lookup is None or gen.pace is None:
+    if gen.pace is None:
         return []
-    limit = min(
-        room,
-        loaded.config.num_ctx - len(slot.cache) - 1,
-        gen.num_predict - gen.generated - 1,
-    )
+    limit = _limit(loaded, slot, gen, room)
+    if gen.lookup is None:  # drafted by the draft model (``draft_ahead``)
+        proposed, gen.proposed = gen.proposed, []
+        return proposed[: max(0, limit)]
     if limit <= 0:
         return []
     draft = gen.lookup.draft(min(limit, gen.pace.allowance()))

@@ -25,6 +25,7 @@ from pollama.runner.thinking import Thinking
 
 if TYPE_CHECKING:  # only the types: this module itself stays free of llama.cpp
     from pollama.runner import llama
+    from pollama.runner.draft_model import DraftModel
     from pollama.runner.lora import Adapters
 
 
@@ -74,6 +75,8 @@ class Generation:
     pace: Pace | None = None
     draft: list[int] = field(default_factory=list)
     """The draft tokens this step verifies after ``next_token``."""
+    proposed: list[int] = field(default_factory=list)
+    """What the draft model drafted for this step, before the batch had its room."""
 
 
 @dataclass(eq=False)
@@ -90,6 +93,8 @@ class Slot:
     cache_scales: tuple[float, ...] = ()
     """The LoRA scales its cache was computed under: a prompt with other scales reuses
     none of it."""
+    draft_cache: list[int] = field(default_factory=list)
+    """Tokens the draft model's context holds for this sequence (``draft_model``)."""
 
     @property
     def busy(self) -> bool:
@@ -122,3 +127,5 @@ class Loaded:
     vision: Any = None
     """The vision projector (``vision.Vision``), when the model was loaded with one (typed
     loosely: ``vision`` imports this module)."""
+    drafter: DraftModel | None = None
+    """The draft model (Modelfile ``DRAFT``), when the load speculates with one."""

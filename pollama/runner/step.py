@@ -19,7 +19,7 @@ import llama_cpp as L
 from pollama.protocol.wire import RunnerStats
 from pollama.runner.lora import Scales, pick_scales
 from pollama.runner.sampling import finish, sample
-from pollama.runner.speculate import propose, verify
+from pollama.runner.speculate import draft_ahead, propose, verify
 from pollama.runner.state import EngineError, Generation, Loaded, Slot
 from pollama.runner.vision import is_image, offset_in_image
 
@@ -54,6 +54,7 @@ def step(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
     _evaluate_images(loaded, slots, stats)
     # With adapters, a step decodes the slots of one scale set only (see ``lora``).
     scales = _scales(loaded, slots) if loaded.adapters else None
+    draft_ahead(loaded, slots, scales)  # a draft model's drafts, before the batch is built
     in_batch = _fill(loaded, slots, scales)
     if not in_batch:
         return

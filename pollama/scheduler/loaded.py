@@ -37,6 +37,7 @@ class ModelSpec:
       digest changed (re-pulled) is reloaded;
     - ``parameters``: the Modelfile PARAMETERs, already typed (lists for ``stop``);
     - ``adapters`` (LoRA blob paths) and ``projector`` (vision projector path);
+    - ``draft``: the draft model's path (speculative decoding), "" for none;
     - ``details``: ``/api/ps``'s ``details`` object, passed through as is.
     """
 
@@ -46,6 +47,7 @@ class ModelSpec:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     adapters: tuple[str, ...] = ()
     projector: str = ""
+    draft: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -59,6 +61,7 @@ class ModelSpec:
             and self.digest == other.digest
             and self.adapters == other.adapters
             and self.projector == other.projector
+            and self.draft == other.draft
         )
 
     def effective_ctx(self, num_ctx: int) -> int:
@@ -259,6 +262,7 @@ def llama_server_factory(
             runner_command=runner_command,
             lora=spec.adapters,
             projector=spec.projector,
+            draft=spec.draft,
             on_crash=on_crash,
             spares=spares,
         )

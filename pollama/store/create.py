@@ -17,6 +17,7 @@ from pollama.ggufmeta import GGUFModel, read_model
 from pollama.store.blobs import BlobStore
 from pollama.store.manifest import (
     ADAPTER,
+    DRAFT,
     LICENSE,
     MESSAGES,
     MODEL,
@@ -49,6 +50,7 @@ def plan_layers(
     model_blob: str | None,
     projector_blob: str | None,
     base: tuple[Manifest, Mapping[str, Any]] | None,
+    draft_blob: str | None = None,
     base_params: Mapping[str, Any],
     template: str | None,
     system: str | None,
@@ -61,7 +63,9 @@ def plan_layers(
     """The layers and config of a model built from ``model_blob`` or ``base``, or from
     both: ``base``'s layers with ``model_blob`` as its weights (a quantized copy).
 
-    ``base`` is the base model's manifest and config blob; ``base_params`` its params.
+    ``base`` is the base model's manifest and config blob; ``base_params`` its params;
+    ``draft_blob`` a draft model's GGUF (speculative decoding), kept as the DRAFT layer
+    (its vocabulary checked against the weights' before: ``store.vocab``).
     """
     if model_blob is None and base is None:
         raise InvalidModelfile("a model is created from either a GGUF file or an existing model")
@@ -79,8 +83,9 @@ def plan_layers(
             layers=(),
         )
         config = {**config, **described}
-    if projector_blob is not None:
-        layers = _without(layers, PROJECTOR) + [_gguf_layer(blobs, PROJECTOR, projector_blob)[0]]
+    for media_type, blob in ((PROJECTOR, projector_blob), (DRAFT, draft_blob)):
+        if blob is not None:
+            layers = _without(layers, media_type) + [_gguf_layer(blobs, media_type, blob)[0]]
     if adapters:
         layers = _without(layers, ADAPTER) + [_gguf_layer(blobs, ADAPTER, a)[0] for a in adapters]
     for media_type, text in ((TEMPLATE, template), (SYSTEM, system)):

@@ -28,6 +28,7 @@ from pollama.store.create import LayerPlan, plan_layers
 from pollama.store.manifest import (
     ADAPTER,
     CONFIG_MEDIA_TYPE,
+    DRAFT,
     LICENSE,
     MESSAGES,
     MODEL,
@@ -134,6 +135,7 @@ class Store(BlobStore):
         if model_layer is None:
             raise CorruptManifest(where, "it has no model layer")
         template, system = manifest.layer_of(TEMPLATE), manifest.layer_of(SYSTEM)
+        draft = manifest.layer_of(DRAFT)
         params, messages = manifest.layer_of(PARAMS), manifest.layer_of(MESSAGES)
         parameters = self._json(params, where) if params else {}
         if not isinstance(parameters, dict):
@@ -152,6 +154,7 @@ class Store(BlobStore):
             adapter_paths=tuple(
                 self._existing_blob(layer, where) for layer in manifest.layers_of(ADAPTER)
             ),
+            draft_path=self._existing_blob(draft, where) if draft else None,
             template=self._text(template, where) if template else None,
             system=self._text(system, where) if system else None,
             parameters=parameters,
@@ -231,6 +234,7 @@ class Store(BlobStore):
         *,
         model_blob: str | None = None,
         projector_blob: str | None = None,
+        draft_blob: str | None = None,
         from_model: ModelName | None = None,
         template: str | None = None,
         system: str | None = None,
@@ -248,7 +252,9 @@ class Store(BlobStore):
         with the blob as its weights (a quantized copy). For each of template, system,
         parameters, messages and license: None keeps the base model's layer, an empty
         value removes it, anything else replaces it; parameters are merged over the
-        base model's. ``progress`` gets Ollama's status lines.
+        base model's. ``draft_blob`` (a GGUF's digest) becomes the DRAFT layer: the draft
+        model, whose vocabulary must match the weights' (DraftVocabularyMismatch if not).
+        ``progress`` gets Ollama's status lines.
         """
         report = progress or _ignore
         base: _Found | None = None
@@ -258,6 +264,7 @@ class Store(BlobStore):
             self,
             model_blob=model_blob,
             projector_blob=projector_blob,
+            draft_blob=draft_blob,
             base=(base.manifest, self._config(base)) if base else None,
             base_params=self._base_params(base),
             template=template,

@@ -24,6 +24,10 @@ _LAYER_PREFIX = "application/vnd.ollama.image."
 MODEL = _LAYER_PREFIX + "model"
 PROJECTOR = _LAYER_PREFIX + "projector"
 ADAPTER = _LAYER_PREFIX + "adapter"
+DRAFT = _LAYER_PREFIX + "draft"
+"""A draft model's GGUF: a small model of the same vocabulary that drafts tokens for
+this one to verify (speculative decoding). Ollama has no such layer yet; the name
+follows its scheme."""
 TEMPLATE = _LAYER_PREFIX + "template"
 SYSTEM = _LAYER_PREFIX + "system"
 PARAMS = _LAYER_PREFIX + "params"
@@ -33,7 +37,7 @@ LICENSE = _LAYER_PREFIX + "license"
 # The order layers are written in: weights first, then the small text layers.
 # Layers of a type not listed here (newer Ollama releases add some) keep their
 # place after these.
-LAYER_ORDER = (MODEL, PROJECTOR, ADAPTER, TEMPLATE, SYSTEM, PARAMS, MESSAGES, LICENSE)
+LAYER_ORDER = (MODEL, PROJECTOR, DRAFT, ADAPTER, TEMPLATE, SYSTEM, PARAMS, MESSAGES, LICENSE)
 
 _DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 

@@ -2,6 +2,8 @@
 
     FROM llama3.2                  a model name or a GGUF path (required, once)
     FROM ./mmproj.gguf             a second FROM: the model's vision projector (optional)
+    DRAFT smollm2-draft            a draft model (a name or a GGUF path) for speculative
+                                   decoding; the last one wins
     PARAMETER temperature 0.7      repeatable; ``stop`` lines accumulate
     TEMPLATE \"\"\"{{ .Prompt }}\"\"\"   the last one wins
     SYSTEM "You are terse."        the last one wins
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from pollama.store.resolved import ResolvedModel
 
 MESSAGE_ROLES = ("system", "user", "assistant")
-_COMMANDS = ("FROM", "PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "LICENSE", "MESSAGE")
+_COMMANDS = ("FROM", "DRAFT", "PARAMETER", "TEMPLATE", "SYSTEM", "ADAPTER", "LICENSE", "MESSAGE")
 _TRIPLE = '"""'
 # CRLF, and any run of carriage returns before a newline: no value can end a line with
 # one, or it could not be rendered back (a "\r\n" in it would be read as "\n").
@@ -49,9 +51,12 @@ _LINE_END = re.compile(r"\r+\n")
 class Modelfile:
     from_: str
     parameters: tuple[tuple[str, ParameterValue], ...] = ()
+    """PARAMETER lines in order, values typed (one entry per ``stop`` line)."""
     projector: str | None = None
     """A second FROM: the vision projector's GGUF."""
-    """PARAMETER lines in order, values typed (one entry per ``stop`` line)."""
+    draft: str | None = None
+    """DRAFT: the draft model (a stored model's name or a GGUF path) that drafts tokens
+    for this one to verify."""
     template: str | None = None
     system: str | None = None
     adapters: tuple[str, ...] = ()
@@ -68,6 +73,8 @@ class Modelfile:
         lines = [f"FROM {_quote(self.from_)}"]
         if self.projector is not None:
             lines.append(f"FROM {_quote(self.projector)}")
+        if self.draft is not None:
+            lines.append(f"DRAFT {_quote(self.draft)}")
         lines += [f"ADAPTER {_quote(adapter)}" for adapter in self.adapters]
         if self.template is not None:
             lines.append(f"TEMPLATE {_quote(self.template, block=True)}")
@@ -83,7 +90,7 @@ def parse_modelfile(text: str) -> Modelfile:
     """Parse Modelfile text; InvalidModelfile naming the line for anything wrong."""
     lines = _LINE_END.sub("\n", text).split("\n")
     froms: list[str] = []  # the model, then its projector
-    texts: dict[str, str] = {}  # TEMPLATE, SYSTEM: a later one replaces an earlier one
+    texts: dict[str, str] = {}  # TEMPLATE, SYSTEM, DRAFT: a later one replaces an earlier one
     parameters: list[tuple[str, ParameterValue]] = []
     lists: dict[str, list[str]] = {"ADAPTER": [], "LICENSE": []}
     messages: list[tuple[str, str]] = []
@@ -124,6 +131,7 @@ def parse_modelfile(text: str) -> Modelfile:
     return Modelfile(
         from_=froms[0],
         projector=froms[1] if len(froms) > 1 else None,
+        draft=texts.get("DRAFT"),
         parameters=tuple(parameters),
         template=texts.get("TEMPLATE"),
         system=texts.get("SYSTEM"),
@@ -153,6 +161,7 @@ def modelfile_for(resolved: ResolvedModel) -> str:
     modelfile = Modelfile(
         from_=str(resolved.model_path),
         projector=str(resolved.projector_paths[0]) if resolved.projector_paths else None,
+        draft=str(resolved.draft_path) if resolved.draft_path is not None else None,
         parameters=tuple(pairs),
         template=resolved.template,
         system=resolved.system,

@@ -46,6 +46,8 @@ class ResolvedModel:
     config: Mapping[str, Any]
     modified_at: datetime
     size: int
+    draft_path: Path | None = None
+    """The draft model's GGUF (speculative decoding), when it has a DRAFT layer."""
 
 
 def model_details(config: Mapping[str, Any], parent_model: str = "") -> dict[str, Any]:

@@ -16,6 +16,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -48,11 +49,12 @@ from pollama.ggufmeta import GGUFModel, TruncatedArray, read_model
 from pollama.options.parameters import OPTIONS, validate_options
 from pollama.store import registry
 from pollama.store.disk import Store
-from pollama.store.manifest import parse_digest
+from pollama.store.manifest import MODEL, parse_digest
 from pollama.store.modelfile import modelfile_for, parameters_text
 from pollama.store.names import ModelName
 from pollama.store.progress import Progress, reports_from
 from pollama.store.resolved import model_details
+from pollama.store.vocab import check_draft
 
 router = APIRouter()
 
@@ -191,6 +193,7 @@ async def _create_arguments(state: ServerState, body: CreateRequest) -> dict[str
         _, base = await state.model(body.from_)
         arguments["from_model"] = base.name
         arguments["projector_blob"] = await _projector_beside(store, body.files or {})
+        weights = (base.model_path, body.from_)
     elif body.files:
         kinds = await asyncio.to_thread(_classify, store, _uploaded(store, body.files))
         models, projectors = kinds["model"], kinds["projector"]
@@ -202,8 +205,12 @@ async def _create_arguments(state: ServerState, body: CreateRequest) -> dict[str
         arguments["model_blob"] = models[0]
         arguments["projector_blob"] = projectors[0] if projectors else None
         adapters += kinds["adapter"]
+        filename = next(n for n, d in body.files.items() if parse_digest(d) == models[0])
+        weights = (store.blob_path(models[0]), filename)
     else:
         raise BadRequest("neither 'from' nor 'files' was specified")
+    if body.draft:
+        arguments["draft_blob"] = await _draft_blob(store, body.draft, weights)
     if body.template:
         check_template_size(body.template)
         ChatTemplate.from_modelfile(body.template)  # InvalidTemplate (400) if it cannot compile
@@ -229,6 +236,29 @@ async def _projector_beside(store: Store, files: Mapping[str, str]) -> str | Non
     if kinds["model"] or kinds["adapter"] or len(kinds["projector"]) != 1:
         raise BadRequest("with 'from', files may only hold one vision projector")
     return kinds["projector"][0]
+
+
+async def _draft_blob(
+    store: Store, draft: str | Mapping[str, str], weights: tuple[Path, str]
+) -> str:
+    """The draft model's blob: a stored model's weights, or one uploaded GGUF model; its
+    vocabulary checked against ``weights`` (the new model's file and how to name it)."""
+    if isinstance(draft, str):
+        stored = await asyncio.to_thread(store.resolve, draft)  # ModelNotFound: a 404
+        layer = stored.manifest.layer_of(MODEL)
+        assert layer is not None  # resolve refuses a manifest without one
+        blob, path, label = layer.digest, stored.model_path, stored.name.display
+    else:
+        files = _uploaded(store, draft)
+        if len(files) != 1:
+            raise BadRequest(f"draft must name one GGUF file, not {len(files)}")
+        kinds = await asyncio.to_thread(_classify, store, files)
+        if not kinds["model"]:
+            raise BadRequest(f"the draft {files[0][0]!r} is not a model (a projector or adapter)")
+        label, blob = files[0]
+        path = store.blob_path(blob)
+    await asyncio.to_thread(check_draft, path, label, *weights)
+    return blob
 
 
 def _uploaded(store: Store, files: Mapping[str, str]) -> list[tuple[str, str]]:

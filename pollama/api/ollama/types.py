@@ -284,6 +284,9 @@ class CreateRequest(_Request):
     from_: str | None = Field(default=None, alias="from")
     files: dict[str, str] | None = None
     adapters: dict[str, str] | None = None
+    draft: str | dict[str, str] | None = None
+    """The draft model (Modelfile ``DRAFT``): a stored model's name, or one uploaded GGUF
+    as ``{file name: digest}`` (as ``adapters``)."""
     template: str | None = None
     license: str | list[str] | None = None
     system: str | None = None
