@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving import Server
 
 from pollama.cli.chat import verbose_stats
-from pollama.runner.lookup import Lookup, Pace
+from pollama.runner.lookup import Lookup
+from pollama.runner.pace import Pace, RowCost, break_even, stream_row_cost
 
 PARAGRAPH = (
     "The quick brown fox jumps over the lazy dog near the river bank. Every morning the "
@@ -90,19 +91,92 @@ def test_lookup_never_matches_its_own_suffix():
     assert lookup.draft(4) == [7, 5, 6]
 
 
-def test_pace_backs_off_after_misses_and_recovers():
+def test_lookup_says_which_suffix_matched():
+    lookup = Lookup()
+    lookup.extend([1, 2, 3, 4, 9, 2, 3])
+    assert lookup.find(2) == (2, [4, 9])  # "1 2 3" never ended the context before
+    lookup.extend([4, 1, 2, 3])
+    assert lookup.find(2) == (3, [4, 9])
+
+
+def test_a_draft_must_beat_what_its_rows_cost():
+    assert break_even(0.0) == pytest.approx(0.03)
+    assert break_even(0.5) == pytest.approx(0.545)
+    assert break_even(1.0) > 1.0  # a row as dear as a token: never worth drafting
+
+
+def test_a_row_costs_more_the_more_streams_wait_for_it():
+    costs = [stream_row_cost(n, 0.25) for n in (1, 2, 4, 8, 64)]
+    assert costs[0] == pytest.approx(0.25)
+    assert costs == sorted(costs) and costs[-1] < 1.0  # never more than a whole token
+
+
+def test_row_cost_is_learnt_from_steps_with_and_without_drafts():
+    cost = RowCost()
+    assert cost.tokens_per_row(1) == stream_row_cost(1)  # nothing measured yet
+    cost.observe(1, 4, 0.030)  # a draft step before any base: says nothing
+    assert cost.tokens_per_row(1) == stream_row_cost(1)
+    for _ in range(50):
+        cost.observe(1, 0, 0.010)
+        cost.observe(1, 4, 0.018)  # 4 rows add 80%: 0.2 each
+        cost.observe(2, 0, 0.012)
+        cost.observe(2, 2, 0.0132)  # 2 rows add 10% to a 2-stream step: 0.05 each
+    assert cost.tokens_per_row(1) == pytest.approx(0.2)
+    assert cost.tokens_per_row(2) == pytest.approx(2 * 0.05)
+
+
+def test_pace_lengthens_with_hits_and_rests_after_misses():
     pace = Pace(max_length=8)
-    assert pace.allowance() == 4
-    pace.adapt(4, 4)
-    assert pace.allowance() == 8  # accepted whole: longer
+    lengths = []
+    for _ in range(5):  # text that copies: every draft accepted whole
+        length = pace.allowance(8, row_cost=0.25)
+        lengths.append(length)
+        pace.adapt(length, length)
+    assert lengths == [1, 2, 4, 8, 8]
     pace.adapt(8, 3)
-    assert pace.allowance() == 4  # partly: what was right, and one more
-    pace.adapt(4, 0)
-    assert [pace.allowance() for _ in range(2)] == [0, 2]  # a miss rests one step
-    pace.adapt(2, 0)
-    assert [pace.allowance() for _ in range(3)] == [0, 0, 1]  # a second, two
-    pace.adapt(1, 1)
-    assert pace.allowance() == 2  # a hit ends the back-off
+    assert pace.allowance(8, row_cost=0.25) == 4  # what was right, and one more
+    # Misses: drafts shorten, the odds fall below what a row costs, and drafting turns
+    # into one-token looks after rests that grow to 64 chances.
+    drafted = []
+    for _ in range(300):
+        length = pace.allowance(8, row_cost=0.25)
+        drafted.append(length)
+        pace.adapt(length, 0)
+    assert drafted[0] == 4 and drafted[1:3] == [0, 2]
+    late = [length for length in drafted[150:] if length]
+    assert late and len(late) <= 3 and max(late) == 1
+
+
+def test_dear_rows_leave_even_odds_undrafted():
+    pace = Pace(max_length=8)  # even odds before any evidence
+    assert pace.allowance(8, row_cost=0.25) == 1  # cheap rows: draft
+    pace = Pace(max_length=8)
+    assert pace.allowance(8, row_cost=0.6) == 1  # dear rows: only a look...
+    assert pace.allowance(8, row_cost=0.6) == 0  # ...and a rest
+    pace.adapt(1, 1)  # the look was right: the odds rise past the break-even
+    assert pace.allowance(8, row_cost=0.6) == 2
+
+
+def test_pace_keeps_odds_per_source():
+    pace = Pace(max_length=8)
+    for _ in range(10):
+        pace.adapt(4, 4, source=3)
+        pace.adapt(4, 0, source=2)
+    assert pace.source(3).odds.p > 0.9 and pace.source(2).odds.p < 0.1
+    assert pace.allowance(8, source=3, row_cost=0.5) == 8
+    pace.source(2).pause = 0
+    assert pace.allowance(8, source=2, row_cost=0.5) == 1  # a look, not a draft
+    assert pace.source(2).pause > 0
+
+
+def test_more_streams_draft_less():
+    alone, crowded = Pace(max_length=8), Pace(max_length=8)
+    for pace in (alone, crowded):
+        pace.adapt(4, 3)
+        pace.adapt(4, 3)
+    assert alone.allowance(8, row_cost=stream_row_cost(1, 0.5)) == 4
+    assert crowded.allowance(8, row_cost=stream_row_cost(8, 0.5)) == 1  # a look only
+    assert crowded.source(None).pause > 0
 
 
 def test_verbose_stats_show_the_acceptance_only_when_drafted():

@@ -15,7 +15,9 @@ or sampled, with or without a grammar. Sampled requests just accept less.
 Drafts come from one of two kinds: a draft model, when the model has one
 (``draft_model``: drafted before the step builds its batch), or else prompt lookup
 (``lookup``: drafted while it builds it). Either way ``Pace`` sets how long a draft may
-be, and a request's ``draft_num_predict`` caps it (0: that request does not draft).
+be (per source, the n-gram size matched or the draft model: only while it pays,
+given how often that source was right and what a row costs the streams sharing the
+step), and a request's ``draft_num_predict`` caps it (0: that request does not draft).
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ from collections.abc import Sequence
 import llama_cpp as L
 
 from pollama.runner.draft_model import DraftJob
-from pollama.runner.lookup import Lookup, Pace
+from pollama.runner.lookup import Lookup
+from pollama.runner.pace import Pace
 from pollama.runner.sampling import sample
 from pollama.runner.state import Generation, Loaded, Slot
 from pollama.runner.vision import is_image
+
+DRAFT_MODEL = "model"
+"""The draft source of a draft model's drafts (prompt lookup's are the n-gram sizes)."""
 
 
 def drafts_enabled(loaded: Loaded) -> bool:
@@ -71,6 +77,7 @@ def draft_ahead(loaded: Loaded, slots: Sequence[Slot], scales: tuple[float, ...]
     if drafter is None:
         return
     budget = loaded.batch.capacity
+    row_cost = loaded.row_cost.tokens_per_row(generating(slots))
     jobs: list[tuple[Generation, DraftJob]] = []
     for slot in slots:
         gen = slot.gen
@@ -79,7 +86,7 @@ def draft_ahead(loaded: Loaded, slots: Sequence[Slot], scales: tuple[float, ...]
         if scales is not None and gen.scales != scales:
             continue
         limit = _limit(loaded, slot, gen, budget - 1)
-        limit = min(limit, gen.pace.allowance()) if limit > 0 else 0
+        limit = gen.pace.allowance(limit, source=DRAFT_MODEL, row_cost=row_cost)
         budget -= 1 + max(0, limit)
         if limit > 0:
             want = [*slot.cache, gen.next_token]
@@ -94,6 +101,11 @@ def draft_ahead(loaded: Loaded, slots: Sequence[Slot], scales: tuple[float, ...]
         gen.eval_ns += elapsed
 
 
+def generating(slots: Sequence[Slot]) -> int:
+    """How many slots decode a generated token this step: the streams a draft slows."""
+    return sum(1 for slot in slots if slot.gen is not None and slot.gen.next_token is not None)
+
+
 def _limit(loaded: Loaded, slot: Slot, gen: Generation, room: int) -> int:
     """The longest draft ``slot`` may verify this step: within ``room`` batch rows, the
     context, and what the request may still generate."""
@@ -104,22 +116,28 @@ def _limit(loaded: Loaded, slot: Slot, gen: Generation, room: int) -> int:
     )
 
 
-def propose(loaded: Loaded, slot: Slot, gen: Generation, room: int) -> list[int]:
+def propose(loaded: Loaded, slot: Slot, gen: Generation, room: int, streams: int) -> list[int]:
     """The draft to verify after ``gen.next_token`` this step, within ``room`` batch
-    rows, the context, and what the request may still generate."""
+    rows, the context, and what the request may still generate; ``streams``: the
+    generating slots that share the step."""
     if gen.pace is None:
         return []
     limit = _limit(loaded, slot, gen, room)
     if gen.lookup is None:  # drafted by the draft model (``draft_ahead``)
         proposed, gen.proposed = gen.proposed, []
+        gen.draft_source = DRAFT_MODEL
         return proposed[: max(0, limit)]
     if limit <= 0:
         return []
-    draft = gen.lookup.draft(min(limit, gen.pace.allowance()))
+    gen.draft_source, draft = gen.lookup.find(limit)
     for i, token in enumerate(draft):
         if is_image(token):
-            return draft[:i]
-    return draft
+            draft = draft[:i]
+            break
+    if not draft:
+        return []
+    row_cost = loaded.row_cost.tokens_per_row(streams)
+    return draft[: gen.pace.allowance(len(draft), source=gen.draft_source, row_cost=row_cost)]
 
 
 def verify(loaded: Loaded, slot: Slot) -> tuple[int, int]:
@@ -148,5 +166,5 @@ def verify(loaded: Loaded, slot: Slot) -> tuple[int, int]:
     if keep < len(slot.cache):
         L.llama_memory_seq_rm(L.llama_get_memory(loaded.ctx), slot.index, keep, -1)
         del slot.cache[keep:]
-    pace.adapt(len(draft), accepted)
+    pace.adapt(len(draft), accepted, source=gen.draft_source)
     return len(draft), accepted

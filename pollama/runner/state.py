@@ -8,7 +8,7 @@ request's progress through a slot, from admission to its last chunk.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,8 @@ from pollama.protocol.wire import CompletionChunk, CompletionDone, CompletionReq
 # The engine's errors, re-exported: its users import them from here.
 from pollama.runner.errors import AllocationFailed as AllocationFailed
 from pollama.runner.errors import EngineError as EngineError
-from pollama.runner.lookup import Lookup, Pace
+from pollama.runner.lookup import Lookup
+from pollama.runner.pace import Pace, RowCost
 from pollama.runner.text import StreamedText
 from pollama.runner.thinking import Thinking
 
@@ -75,6 +76,8 @@ class Generation:
     pace: Pace | None = None
     draft: list[int] = field(default_factory=list)
     """The draft tokens this step verifies after ``next_token``."""
+    draft_source: Hashable = None
+    """Where ``draft`` came from, for ``pace``: the n-gram size matched, or "model"."""
     proposed: list[int] = field(default_factory=list)
     """What the draft model drafted for this step, before the batch had its room."""
 
@@ -128,4 +131,6 @@ class Loaded:
     """The vision projector (``vision.Vision``), when the model was loaded with one (typed
     loosely: ``vision`` imports this module)."""
     drafter: DraftModel | None = None
+    row_cost: RowCost = field(default_factory=RowCost)
+    """What a draft row costs this model here, learnt from its steps (``pace``)."""
     """The draft model (Modelfile ``DRAFT``), when the load speculates with one."""

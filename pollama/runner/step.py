@@ -19,7 +19,7 @@ import llama_cpp as L
 from pollama.protocol.wire import RunnerStats
 from pollama.runner.lora import Scales, pick_scales
 from pollama.runner.sampling import finish, sample
-from pollama.runner.speculate import draft_ahead, propose, verify
+from pollama.runner.speculate import draft_ahead, generating, propose, verify
 from pollama.runner.state import EngineError, Generation, Loaded, Slot
 from pollama.runner.vision import is_image, offset_in_image
 
@@ -69,12 +69,15 @@ def step(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
     stats.seqs_per_step[len(in_batch)] += 1
     gens = [gen for _, gen in in_batch]
     prompt_phase = [gen.generated == 0 for gen in gens]
+    drafted = sum(len(gen.draft) for gen in gens)
     for slot, gen in in_batch:
         if gen.draft:
             verify(loaded, slot)
         elif gen.batch_index >= 0:
             sample(loaded, slot)
     elapsed = time.perf_counter_ns() - started
+    if loaded.batch.n == len(in_batch) + drafted:  # generated tokens and drafts only
+        loaded.row_cost.observe(len(in_batch), drafted, elapsed / 1e9)
     for gen, prompt in zip(gens, prompt_phase, strict=True):
         # The step that samples a request's first token still counts as prompt work.
         if prompt:
@@ -104,6 +107,7 @@ def _fill(
     batch = loaded.batch
     batch.clear()
     budget = batch.capacity
+    streams = generating(slots)
     in_batch: list[tuple[Slot, Generation]] = []
     # Generating slots first: one token each keeps every stream moving, and its draft
     # (``speculate``), verified in the same decode.
@@ -114,7 +118,7 @@ def _fill(
                 continue
             if not _make_room(loaded, slot, gen, 1):
                 continue
-            gen.draft = propose(loaded, slot, gen, budget - 1)
+            gen.draft = propose(loaded, slot, gen, budget - 1, streams)
             gen.batch_index = batch.add(gen.next_token, len(slot.cache), slot.index, True)
             slot.cache.append(gen.next_token)
             for token in gen.draft:
