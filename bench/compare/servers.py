@@ -124,6 +124,8 @@ class LlamaCppPython(Server):
 class LlamaServerCpp(Server):
     name: str = LLAMA_SERVER
     binary: Path = field(default=Path("llama-server"))
+    extra_args: tuple[str, ...] = ()
+    """More of its flags (``bench spec``: ``--spec-type ngram-simple``)."""
 
     def command(
         self, config: Config, *, port: int, parallel: int, embeddings: bool, home: Path
@@ -149,7 +151,7 @@ class LlamaServerCpp(Server):
             # The demo model is generative: no pooling of its own, and OpenAI's API
             # needs one vector per input.
             argv += ["--embeddings", "--pooling", "mean"]
-        return argv, {}
+        return [*argv, *self.extra_args], {}
 
 
 def find_llama_server(explicit: str | None = None) -> Path | None:
