@@ -13,8 +13,9 @@ Each run measures, in turn (the order rotates from run to run):
   Hi`` with no server on the port: process start → its first byte on stdout.
 - ``raw``: a fresh Python process that imports llama-cpp-python, loads the model,
   makes a context, evaluates the same chat prompt and picks one token (greedy): the
-  engine's own cold start, the floor a Python server can reach (llama-server is not
-  installed here; the issue measured it at 0.53–0.68 s on the same kind of VM).
+  engine's own cold start, the floor a Python server can reach.
+- ``llama-server`` (where ``bench.compare.servers`` finds one): process start → its
+  first one-token reply, and its peak RSS: the peer issue 15's targets are ratios to.
 
 Every server gets 2 threads, a 2048-token context and a shared ``POLLAMA_STATE_DIR``
 whose engine probe has run (it runs once per machine and build, not per start).
@@ -44,6 +45,7 @@ from typing import Any
 
 import psutil
 
+from bench.compare.servers import Config, LlamaServerCpp, find_llama_server, running
 from pollama.demo import demo_model_path
 
 HERE = Path(__file__).resolve().parent.parent
@@ -248,6 +250,17 @@ def measure_raw(model: Path) -> dict[str, float]:
     return {"cold_s": elapsed, "cold_cpu": cpu, "rss": peaks.stop()["server_rss"]}
 
 
+def measure_llama_server(binary: Path, model: Path) -> dict[str, float]:
+    """llama-server's cold start (its first one-token reply, polled every 50 ms as the
+    compare harness does) and its peak RSS over a 32-token reply."""
+    with running(LlamaServerCpp(binary=binary), Config(model, THREADS, NUM_CTX)) as server:
+        post(
+            f"{server.url}/v1/chat/completions",
+            server.request(messages=[{"role": "user", "content": "Hi"}], max_tokens=32),
+        )
+        return {"cold_s": server.load_s, "rss": server.tree.stop() / 2**20}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench coldstart")
     parser.add_argument("--runs", type=int, default=3)
@@ -257,15 +270,21 @@ def main(argv: list[str] | None = None) -> None:
     model = demo_model_path()
     sides = {"before": args.before, "after": HERE}
     results: dict[str, list[dict[str, float]]] = {"before": [], "after": [], "raw": []}
+    binary = find_llama_server()
+    if binary is not None:
+        results["llama-server"] = []
     with tempfile.TemporaryDirectory(prefix="coldstart-state-") as state_dir:
         state = Path(state_dir)
         measure_server(HERE, state, 0)  # the engine probe runs once, into the shared state
         for run in range(args.runs):
-            order = ["before", "after", "raw"]
-            order = order[run % 3 :] + order[: run % 3]
+            order = list(results)
+            order = order[run % len(order) :] + order[: run % len(order)]
             for side in order:
                 if side == "raw":
                     sample = measure_raw(model)
+                elif side == "llama-server":
+                    assert binary is not None
+                    sample = measure_llama_server(binary, model)
                 else:
                     sample = measure_server(sides[side], state, args.idle)
                     sample["run_s"] = measure_run(sides[side], state)
@@ -297,6 +316,21 @@ def report(results: dict[str, list[dict[str, float]]]) -> None:
         base = "cold_cpu" if key.endswith("cpu") else "cold_s"
         for side in ("before", "after"):
             print(f"{key} / raw {base}: {side} {ratio(side, 'raw', key, base):.2f}")
+    if "llama-server" not in results:
+        return
+    print(
+        f"llama-server cold_s {med('llama-server', 'cold_s'):.2f}  "
+        f"rss {med('llama-server', 'rss'):.0f} MiB"
+    )
+    for side in ("before", "after"):
+        for key in ("cold_s", "swap_s", "run_s"):
+            figure = ratio(side, "llama-server", key, "cold_s")
+            print(f"{key} / llama-server cold_s: {side} {figure:.2f}")
+        trees = [
+            (r["server_rss"] + r["runner_rss"] + r["spare_rss"]) / peer["rss"]
+            for r, peer in zip(results[side], results["llama-server"], strict=True)
+        ]
+        print(f"RSS tree / llama-server: {side} {statistics.median(trees):.2f}")
 
 
 if __name__ == "__main__":

@@ -479,6 +479,36 @@ def test_a_command_starts_the_server_in_the_background(tmp_path: Path):
     assert not any(r.is_running() and r.status() != psutil.STATUS_ZOMBIE for r in runners)
 
 
+def test_run_with_no_server_starts_one_early_and_only_one(tmp_path: Path):
+    # `run` starts the server before the command line imports (cli.launch), and the
+    # command then adopts that process rather than starting a second.
+    port = free_port()
+    cli = Cli(f"127.0.0.1:{port}", tmp_path / "models")
+    ran = cli("run", "smollm2")
+    assert ran.returncode == 0, ran.stderr
+    found = re.findall(r"started pollama serve in the background \(pid (\d+)\)", ran.stderr)
+    assert len(found) == 1, ran.stderr
+    servers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "serve" in (p.info["cmdline"] or [])
+        and f"127.0.0.1:{port}" == _environ(p).get("OLLAMA_HOST")
+    ]
+    try:
+        assert [p.pid for p in servers] == [int(found[0])]
+    finally:
+        for server in servers:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+
+
+def _environ(process: psutil.Process) -> dict[str, str]:
+    try:
+        return dict(process.environ())
+    except psutil.Error:
+        return {}
+
+
 def test_ps_and_stop_do_not_start_a_server(tmp_path: Path):
     cli = Cli(f"127.0.0.1:{free_port()}", tmp_path / "models")
     ps = cli("ps")

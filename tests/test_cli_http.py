@@ -14,11 +14,10 @@ from pollama.cli.client import (
     ClientError,
     ResponseError,
     ServerUnreachable,
-    is_local,
     log_tail,
-    server_log_path,
 )
 from pollama.cli.create import create_request, local_file, sha256_file
+from pollama.cli.launch import is_local, server_log_path
 from pollama.cli.run import parse_keepalive
 from pollama.settings import Settings
 from pollama.store.modelfile import parse_modelfile

@@ -11,7 +11,6 @@ carrying that message.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from pollama.cli.launch import is_local, server_log_path, start_server, take_started
 from pollama.settings import Settings
 
 TIMEOUT = httpx.Timeout(None, connect=10.0)
@@ -225,22 +225,6 @@ def _raise_for_error(response: httpx.Response) -> None:
 # -- starting a server -------------------------------------------------------------------------
 
 
-def server_log_path(settings: Settings) -> Path:
-    """Where a server started in the background writes: ``logs/server.log`` beside the
-    model store (``~/.ollama/logs/server.log`` by default, as Ollama's app does)."""
-    return settings.models_dir.parent / "logs" / "server.log"
-
-
-def is_local(host: str) -> bool:
-    """Whether a server bound to ``host`` would run on this machine."""
-    if host in ("", "localhost", "0.0.0.0", "::"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def ensure_server(settings: Settings, *, err: TextIO | None = None) -> Client:
     """A client for the server at OLLAMA_HOST, starting ``pollama serve`` in the
     background (and saying so on ``err``) when nothing answers there."""
@@ -251,7 +235,7 @@ def ensure_server(settings: Settings, *, err: TextIO | None = None) -> Client:
         if not is_local(settings.host):
             raise ServerUnreachable(f"could not connect to a pollama server at {settings.base_url}")
         log_path = server_log_path(settings)
-        process, offset = start_server(log_path)
+        process, offset = take_started() or start_server(log_path)
         print(
             f"started pollama serve in the background (pid {process.pid}); log: {log_path}",
             file=err or sys.stderr,
@@ -262,22 +246,6 @@ def ensure_server(settings: Settings, *, err: TextIO | None = None) -> Client:
         client.close()
         raise
     return client
-
-
-def start_server(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``pollama serve`` detached from this terminal, appending to ``log_path``;
-    returns the process and where its output starts in the log."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        offset = log.tell()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pollama", "serve"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in this terminal must not reach the server
-        )
-    return process, offset
 
 
 def wait_until_up(
