@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +21,9 @@ from pollama.errors import (
     InvalidModelFile,
     InvalidModelfile,
     ModelNotFound,
+    StorageFull,
 )
+from pollama.store.blobs import BlobDownload
 from pollama.store.disk import Store, ensure_demo
 from pollama.store.manifest import (
     CONFIG_MEDIA_TYPE,
@@ -479,3 +482,34 @@ def test_reads_a_store_built_the_way_ollama_builds_it(tmp_path: Path) -> None:
     assert tiny.model_path.read_bytes() == gguf
     assert tiny.template == "{{ .Prompt }}" and tiny.parameters == {"stop": ["x"]}
     assert store.resolve("localhost:5000/team/tiny:v1").template is None
+
+
+class _FullDisk:
+    """A blob file on a disk with no room left: every write, flush and close fails."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def _refuse(self, *_: object) -> None:
+        raise OSError(errno.EFBIG, "File too large")
+
+    write = flush = _refuse
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        self.closed = True  # the descriptor goes, as io's close does, and yet:
+        self._refuse()
+
+
+def test_a_download_that_fills_the_disk_reports_storage_full(tmp_path: Path):
+    # Closing the file writes its buffer again and fails again: that second failure must
+    # not replace the first one's clear report (StorageFull, a 507) with a 500.
+    store = Store(tmp_path / "models")
+    full = _FullDisk()
+    path = tmp_path / "models" / "blobs" / ".partial"
+    download = BlobDownload(store, "sha256:" + "0" * 64, path, full, resumable=True)  # type: ignore[arg-type]
+    with pytest.raises(StorageFull, match="File too large"), download:
+        download.write(b"x" * 5000)
+    assert full.closed

@@ -393,7 +393,13 @@ class BlobDownload:
             if remove:
                 self.path.unlink(missing_ok=True)
         finally:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:
+                # The buffer a full disk refused: closing writes it again and fails
+                # again (the descriptor still closes). The failure was reported already;
+                # raised here, it would replace that report (StorageFull) with a 500.
+                pass
             self._store._writing.discard(self.path)
 
     def __enter__(self) -> BlobDownload:
