@@ -101,6 +101,9 @@ class Settings:
     spare_runner: bool = True
     """Keep one runner process started and waiting for its model, so a load skips the
     runner's start and imports (POLLAMA_SPARE_RUNNER; CPU-only loads use it)."""
+    num_thread: int = 0
+    """llama.cpp threads of a load that names none (POLLAMA_NUM_THREAD; 0: one per
+    physical core). A replica sharing its machine (``pollama ray``) sets its share."""
     test_crash: str = ""
     """Test-only (POLLAMA_TEST_CRASH): ``runner|probe:SIGNAL[:always]`` makes that process
     send itself SIGNAL before its first decode (``pollama.runner.crash_hook``)."""
@@ -149,6 +152,7 @@ class Settings:
             read_only=_bool(env.get("POLLAMA_READ_ONLY", "")) is True,
             client_api_key=(env.get("POLLAMA_API_KEY") or env.get("OLLAMA_API_KEY") or "").strip(),
             spare_runner=_bool(env.get("POLLAMA_SPARE_RUNNER", "")) is not False,
+            num_thread=_int(env, "POLLAMA_NUM_THREAD", 0, minimum=0),
             test_crash=env.get("POLLAMA_TEST_CRASH", "").strip(),
         )
 

@@ -122,6 +122,21 @@ def test_sigterm_with_a_request_in_flight_exits_within_the_grace(tmp_path: Path)
     assert runners and not any(psutil.pid_exists(pid) for pid in runners)
 
 
+def test_runners_leave_with_a_server_killed_outright(tmp_path: Path) -> None:
+    # SIGKILL gives the server no shutdown: its runners see end-of-file on the stdin it
+    # held (runner/parent.py) and exit, the loaded one and the idle spare alike.
+    server = Server(tmp_path)
+    warm = {"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 1}}
+    assert server.post("/api/generate", warm).status_code == 200
+    children = [psutil.Process(pid) for pid in server.runner_pids() + server.spare_pids()]
+    assert server.runner_pids()
+    server.process.kill()
+    server.process.wait(timeout=30)
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.pid for p in alive]
+    server.stop()
+
+
 def test_a_stopped_runner_is_detected_killed_and_replaced(tmp_path: Path) -> None:
     server = Server(tmp_path, POLLAMA_STALL_TIMEOUT="2")
     try:

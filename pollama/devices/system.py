@@ -28,8 +28,9 @@ class _Limit:
     """Swap the cgroup may still use; None when it sets no swap limit."""
 
 
-def system_info(cgroup_root: Path = CGROUP_ROOT) -> SystemInfo:
-    """RAM, swap and physical cores; a cgroup memory limit caps RAM and swap."""
+def system_info(cgroup_root: Path = CGROUP_ROOT, *, threads: int = 0) -> SystemInfo:
+    """RAM, swap and physical cores (``threads`` instead, when set); a cgroup memory
+    limit caps RAM and swap."""
     memory = psutil.virtual_memory()
     total, free = int(memory.total), int(memory.available)
     free_swap = int(psutil.swap_memory().free)
@@ -39,7 +40,7 @@ def system_info(cgroup_root: Path = CGROUP_ROOT) -> SystemInfo:
         total, free = cgroup.limit, min(free, cgroup.free)
     if cgroup is not None and cgroup.free_swap is not None:
         free_swap = min(free_swap, cgroup.free_swap)
-    cores = psutil.cpu_count(logical=False) or psutil.cpu_count(logical=True) or 1
+    cores = threads or psutil.cpu_count(logical=False) or psutil.cpu_count(logical=True) or 1
     return SystemInfo(total_memory=total, free_memory=free, free_swap=free_swap, thread_count=cores)
 
 

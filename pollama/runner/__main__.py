@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from pollama.errors import PollamaError
     from pollama.logs import configure_logging
     from pollama.runner.app import serve  # llama.cpp and the HTTP stack, before any model
+    from pollama.runner.parent import exit_with_parent
     from pollama.settings import Settings
 
     settings = Settings.from_env()
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or _await_model()
     if not model:
         return 0
+    exit_with_parent()  # a server killed outright must not leave a model's memory held
     if not args.model:
         _set_process_name(RUNNER_NAME)
     try:

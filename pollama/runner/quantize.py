@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import os
 import re
 import sys
-import threading
 
 import llama_cpp as L
 
 from pollama.protocol.quantize import ALIASES, QUANTIZE_TYPES, TensorDone
 from pollama.runner.llama import LlamaLog
+from pollama.runner.parent import exit_with_parent
 
 # "[  12/ 272] blk.0.ffn_up.weight        - [  576,  1536, ...], type =    f16, ..."
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)\s+-")
@@ -59,19 +58,6 @@ def quantize(src: str, dst: str, ftype: int, threads: int, log: LlamaLog) -> Non
         raise RuntimeError(log.explain("llama.cpp could not quantize the model"))
 
 
-def _exit_with_parent() -> None:
-    """Leave when the server is gone: its end of our stdin closes, however it died."""
-
-    def watch() -> None:
-        # The raw fd, not sys.stdin: a daemon thread blocked inside the buffered reader
-        # holds its lock, and the interpreter aborts on it when the main thread exits.
-        while os.read(0, 4096):
-            pass
-        os._exit(3)
-
-    threading.Thread(target=watch, name="parent-pipe", daemon=True).start()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pollama.runner.quantize")
     parser.add_argument("src")
@@ -81,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pipe", action="store_true")
     args = parser.parse_args(argv)
     if args.parent_pipe:
-        _exit_with_parent()
+        exit_with_parent()
     try:
         ftype = ftype_of(args.type)
         quantize(args.src, args.dst, ftype, args.threads, _ProgressLog(verbose=False))

@@ -143,7 +143,7 @@ class Scheduler:
             settings,
             server_factory=server_factory
             or llama_server_factory(settings, on_crash=path.record_crash, spares=spares),
-            system_probe=system_info,
+            system_probe=lambda: system_info(threads=settings.num_thread),
             gpu_probe=lambda: discover_gpus(settings),
             cpu_path=path.extra_buffers,
             spares=spares,
