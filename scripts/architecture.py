@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("protocol",),
     ("runner", "llm", "chat", "store"),  # the runner process | its server side | chat | store
     ("scheduler",),
-    ("api",),
+    ("api", "ray"),  # the HTTP server | its replicas on Ray Serve
     ("cli",),
     ("__main__",),
 )

@@ -17,6 +17,7 @@ from pollama.cli.create import create
 from pollama.cli.fit import fit
 from pollama.cli.info import info
 from pollama.cli.manage import copy, list_models, ps, remove, show, stop
+from pollama.cli.ray import app as ray_app
 from pollama.cli.run import run
 from pollama.cli.runner import runner
 from pollama.cli.serve import serve
@@ -57,6 +58,7 @@ app.command(
     help="Show the engine (llama.cpp build), what this CPU allows, the GPU libraries, and "
     "whether loads use llama.cpp's extra CPU buffer types (AMX, CPU_REPACK)."
 )(info)
+app.add_typer(ray_app, name="ray")
 app.command(help="Serve one model to a pollama server (started by the server).", hidden=True)(
     runner
 )

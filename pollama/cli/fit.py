@@ -96,6 +96,22 @@ def fit(
     _show(model, _report(files, placement, gpus, system), placement, as_json=as_json)
 
 
+def model_needs(model: str, settings: Settings, *, parallel: int) -> tuple[int, bool]:
+    """What one server with ``model`` loaded needs, as ``pollama fit`` plans it here:
+    bytes of system memory, and whether any layer goes on a GPU (``pollama ray``)."""
+    files = _model_files(model, None, [], settings)
+    gpus = devices.discover_gpus(settings)
+    asked = LoadOptions(
+        num_ctx=settings.context_length,
+        parallel=parallel,
+        flash_attention=settings.flash_attention,
+        kv_cache_type=settings.kv_cache_type,
+        draft_max=settings.draft_max,
+    )
+    placement = _place(files, asked, _system(None), gpus, settings, False)
+    return placement.memory.cpu_total, bool(placement.layout.devices())
+
+
 def _report(
     files: ModelFiles, placement: Placement, gpus: list[DeviceInfo], system: SystemInfo
 ) -> dict[str, Any]:
