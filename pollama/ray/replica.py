@@ -58,7 +58,13 @@ class PollamaReplica:
         port = _free_port()
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = Path(tempfile.mkdtemp(prefix="pollama-replica-")) / "serve.log"
-        child_env = {**os.environ, **env, "OLLAMA_HOST": f"127.0.0.1:{port}"}
+        self.id = replica_id()
+        child_env = {
+            **os.environ,
+            **env,
+            "OLLAMA_HOST": f"127.0.0.1:{port}",
+            "POLLAMA_REPLICA_ID": self.id,  # which replica a server process belongs to
+        }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "pollama", "serve"],
@@ -118,7 +124,7 @@ class PollamaReplica:
                         for k, v in response.headers.multi_items()
                         if k.lower() not in _DROPPED_REPLY
                     ],
-                    "replica": replica_id(),
+                    "replica": self.id,
                 }
                 async for chunk in response.aiter_raw():
                     yield chunk
