@@ -318,7 +318,8 @@ def test_traversal_attempts_are_refused(server: Server, root: Path, uploaded: st
     assert sorted(p.name for p in root.iterdir()) == ["models", "serve.log"]
     written = [p for p in root.rglob("*") if "evil" in p.name or p.name in ("b", "x", "x.gguf")]
     assert written == []
-    assert sorted(p.name for p in (root / "models").iterdir()) == ["blobs", "manifests"]
+    # The store's own files only: its directories and the write lock (store/lock.py).
+    assert sorted(p.name for p in (root / "models").iterdir()) == [".lock", "blobs", "manifests"]
 
 
 # -- copy and delete ---------------------------------------------------------------------------

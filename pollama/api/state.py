@@ -18,7 +18,8 @@ from pollama.ggufmeta import GGUFModel, read_model
 from pollama.scheduler.loaded import ModelSpec
 from pollama.scheduler.scheduler import Scheduler
 from pollama.settings import Settings
-from pollama.store.disk import Store, ensure_demo
+from pollama.store.disk import Store, demo_missing, ensure_demo
+from pollama.store.lock import to_thread_to_the_end
 from pollama.store.names import ModelName
 from pollama.store.resolved import ResolvedModel, model_details
 
@@ -43,7 +44,7 @@ class ServerState:
             raise ModelNotFound("")
         parsed = ModelName.parse(name)
         if parsed.model.lower() == DEMO_MODEL_NAME and parsed.tag == "latest":
-            await asyncio.to_thread(ensure_demo, self.store)
+            await self._ensure_demo()
         resolved = await asyncio.to_thread(self.store.resolve, name)
         gguf = header(str(resolved.model_path))
         spec = ModelSpec(
@@ -57,6 +58,14 @@ class ServerState:
             details=model_details(resolved.config),
         )
         return spec, resolved
+
+    async def _ensure_demo(self) -> None:
+        """Import the demo model if no process sharing the store has: a write, under the
+        store's lock (looked for again once held: another server may have imported it)."""
+        if not await asyncio.to_thread(demo_missing, self.store):
+            return
+        async with self.store.lock.held():
+            await to_thread_to_the_end(ensure_demo, self.store)
 
 
 def vision_projector(paths: Sequence[Path]) -> str:

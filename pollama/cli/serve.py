@@ -16,12 +16,16 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pollama.devices import discover_gpus
 from pollama.errors import PollamaError
 from pollama.llm.spare import SpareRunner
 from pollama.logs import configure_logging
 from pollama.settings import Settings
+
+if TYPE_CHECKING:
+    from pollama.store.disk import Store
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,24 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     except ImportError:
         return asyncio.new_event_loop
     return uvloop.new_event_loop
+
+
+def _clean_up(store: Store, *, prune: bool) -> None:
+    """Start-up's cleanup of the store, under its lock: another server sharing the store
+    may be writing, and what it writes is never a leftover. Nothing is served yet, so
+    this thread may block until that write ends."""
+    from pollama.store.disk import PRUNE_GRACE
+
+    with store.lock.hold(
+        on_wait=lambda: log.info("waiting for another process's write to the model store")
+    ):
+        leftovers = store.remove_leftovers()  # what a crash left half-written: never a model
+        if leftovers:
+            log.info("removed what an interrupted write left: files=%s", ",".join(leftovers))
+        # A blob uploaded a moment ago, for a create still to come, is kept (PRUNE_GRACE).
+        removed = store.prune(keep_newer_than=PRUNE_GRACE) if prune else []
+    if removed:
+        log.info("pruned unreferenced blobs: count=%d", len(removed))
 
 
 def serve() -> None:
@@ -66,13 +88,7 @@ def _serve(settings: Settings, spares: SpareRunner, loop: asyncio.Runner) -> Non
         # The server's log is where users look for loads, layouts and unloads.
         logging.getLogger("pollama").setLevel(logging.INFO)
     store = Store(settings.models_dir)
-    leftovers = store.remove_leftovers()  # what a crash left half-written: never a model
-    if leftovers:
-        log.info("removed what an interrupted write left: files=%s", ",".join(leftovers))
-    if not settings.noprune:
-        removed = store.prune()
-        if removed:
-            log.info("pruned unreferenced blobs: count=%d", len(removed))
+    _clean_up(store, prune=not settings.noprune)
     cpu_path = CpuPath.for_settings(settings)
     # What the engine is and which CPU path loads take: the probe runs once per build
     # and CPU (about a second), beside the server's start rather than before it.

@@ -21,7 +21,6 @@ part files beside it), so a store shared with Ollama never mixes the two.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
     from hashlib import _Hash
 
 from pollama.errors import DigestMismatch, StorageFull
+from pollama.store.lock import to_thread_to_the_end
 from pollama.store.manifest import digest_of, parse_digest
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,19 @@ class BlobStore:
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
+    def touch_blob(self, digest: str) -> bool:
+        """Whether the blob exists; one that does gets the time now as its modification
+        time. A client uploads a blob (or learns it is here already) and creates a model
+        from it in a later request: prune's grace (``keep_newer_than``) counts from then."""
+        path = self.blob_path(digest)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        except OSError:  # not ours to touch (a demo blob linked to a read-only wheel)
+            return path.is_file()
+        return True
+
     def blob_size(self, digest: str) -> int | None:
         """The blob's size in bytes, or None when it is absent."""
         try:
@@ -97,12 +110,13 @@ class BlobStore:
         """Store the bytes ``chunks`` yields under ``digest``; True if the blob is new.
 
         An existing blob is not overwritten and ``chunks`` is not read (Ollama answers
-        200 without reading the body). Bytes hashing to anything else raise
-        DigestMismatch; any failure, cancellation included, leaves no file behind.
+        200 without reading the body); it is touched (``touch_blob``). Bytes hashing to
+        anything else raise DigestMismatch; any failure, cancellation included, leaves
+        no file behind.
         """
         expected = parse_digest(digest)
         final = self.blob_path(expected)
-        if final.is_file():
+        if self.touch_blob(expected):
             return False
         partial, f = self._open_partial()
         handed_off = False
@@ -117,10 +131,11 @@ class BlobStore:
                 raise DigestMismatch(expected, actual)
             # fsync of a large upload can take seconds: off the event loop. From here the
             # worker owns the file; if we are cancelled while it runs, it still finishes
-            # (the bytes are verified, so the blob it places is a correct one).
+            # (the bytes are verified, so the blob it places is a correct one), and we
+            # wait for it: the store's lock is not released while it renames.
             handed_off = True
             with full_disk_is_storage_full(f"blob {expected}"):
-                await asyncio.to_thread(self._commit, f, partial, final)
+                await to_thread_to_the_end(self._commit, f, partial, final)
         finally:
             if not handed_off:
                 self._discard(f, partial)
@@ -347,7 +362,7 @@ class BlobDownload:
         # The worker owns the file from here; cancelled meanwhile, it still finishes.
         self._open = False
         with full_disk_is_storage_full(f"blob {self.digest}"):
-            await asyncio.to_thread(self._place)
+            await to_thread_to_the_end(self._place)
 
     def discard(self) -> None:
         """Remove the file, resumable or not."""

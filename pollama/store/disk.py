@@ -7,6 +7,10 @@ Names are matched case-insensitively, as Ollama does: a name that differs only
 in case from a stored one reads, replaces and deletes that one. Every path is
 built from a validated ``ModelName`` or digest, so nothing a client sends can
 point outside the store.
+
+Writes are serialised across processes by the store's lock (``store.lock``): the
+callers that write (the API's write routes, start-up's cleanup) hold it for the whole
+write; the methods here do not take it, and reads never do.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pollama.errors import InvalidModelName, ModelNotFound
 from pollama.ggufmeta import read_model
 from pollama.store.blobs import BLOB_FILE, TEMP_PREFIX, BlobStore, atomic_write
 from pollama.store.create import LayerPlan, plan_layers
+from pollama.store.lock import StoreLock
 from pollama.store.manifest import (
     ADAPTER,
     CONFIG_MEDIA_TYPE,
@@ -53,6 +58,11 @@ MAX_TEXT_LAYER = 64 << 20
 
 Progress = Callable[[str], None]
 
+PRUNE_GRACE = 300.0
+"""Seconds a new (or newly touched) unreferenced blob survives a prune: a client uploads
+blobs first and creates the model from them in a later request, and another server may
+prune in between (after a delete, or at its start-up)."""
+
 
 @dataclass(frozen=True)
 class _Found:
@@ -78,6 +88,8 @@ class Store(BlobStore):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.manifests_dir = self.root / "manifests"
+        self.lock = StoreLock(self.root)
+        """Held by every write, in whichever process shares this store."""
 
     def manifest_path(self, name: ModelName) -> Path:
         return self.manifests_dir.joinpath(*name.manifest_parts())
@@ -400,12 +412,18 @@ class Store(BlobStore):
 
 
 def ensure_demo(store: Store) -> ModelName:
-    """The bundled demo model's name, importing it into ``store`` on first use."""
+    """The bundled demo model's name, importing it into ``store`` on first use (a write:
+    the caller holds the store's lock when ``demo_missing`` says it will import)."""
     name = ModelName.parse(f"{DEMO_MODEL_NAME}:latest")
     if store.read_manifest(name) is None:
         path, digest = demo_model()
         store.import_gguf(name, path, digest=digest)
     return name
+
+
+def demo_missing(store: Store) -> bool:
+    """Whether ``ensure_demo`` would import the demo model (it is not stored yet)."""
+    return store.read_manifest(ModelName.parse(f"{DEMO_MODEL_NAME}:latest")) is None
 
 
 def _ignore(_status: str) -> None:

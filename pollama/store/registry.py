@@ -40,6 +40,7 @@ import httpx
 from pollama.errors import DigestMismatch, ModelNotFound, RegistryError
 from pollama.store.blobs import BlobDownload
 from pollama.store.disk import Store
+from pollama.store.lock import WAITING, to_thread_to_the_end
 from pollama.store.manifest import (
     MANIFEST_MEDIA_TYPE,
     CorruptManifest,
@@ -81,13 +82,20 @@ async def pull(
     async with _Session(name, insecure=insecure, timeout=timeout, transport=transport) as session:
         manifest, data = await session.fetch_manifest()
         yield Progress("pulling manifest")
-        async with aclosing(reports_from(partial(session.download, store, manifest))) as steps:
+
+        async def write(report: Report) -> None:
+            # The blobs and the manifest under one hold of the store's lock: no other
+            # server's prune runs between them, nor another write.
+            async with store.lock.held(on_wait=lambda: report(Progress(WAITING))):
+                await session.download(store, manifest, report)
+                report(Progress("verifying sha256 digest"))
+                report(Progress("writing manifest"))
+                # The registry's bytes, not a re-serialisation: the digest is the remote one.
+                await to_thread_to_the_end(store.write_manifest_bytes, name, data)
+
+        async with aclosing(reports_from(write)) as steps:
             async for progress in steps:
                 yield progress
-        yield Progress("verifying sha256 digest")
-        yield Progress("writing manifest")
-        # The registry's bytes, not a re-serialisation: the local digest is the remote one.
-        await asyncio.to_thread(store.write_manifest_bytes, name, data)
         yield Progress("success")
 
 

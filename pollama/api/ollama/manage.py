@@ -5,6 +5,10 @@ from the registry client, is streamed as NDJSON ``{status, digest, total, comple
 lines. Everything a request can get wrong is checked before the first line, so it
 is answered with a status (400, 404); a failure after that is a final ``{"error"}``
 line.
+
+Every write holds the store's lock (``store.lock``) for its whole duration, so writes
+from every server sharing the store run one at a time; one that has to wait streams
+``WAITING`` first (create, pull). Reads (show, tags, the HEAD of a blob) take no lock.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from pollama.errors import BadRequest, InvalidModelFile, ModelNotFound, PollamaE
 from pollama.ggufmeta import GGUFModel, TruncatedArray, read_model
 from pollama.options.parameters import OPTIONS, validate_options
 from pollama.store import registry
-from pollama.store.disk import Store
+from pollama.store.disk import PRUNE_GRACE, Store
+from pollama.store.lock import WAITING, to_thread_to_the_end
 from pollama.store.manifest import MODEL, parse_digest
 from pollama.store.modelfile import modelfile_for, parameters_text
 from pollama.store.names import ModelName
@@ -57,10 +62,6 @@ from pollama.store.resolved import model_details
 from pollama.store.vocab import check_draft
 
 router = APIRouter()
-
-PRUNE_GRACE = 300.0
-"""Seconds a new unreferenced blob survives the prune after a delete: a client uploads
-blobs first and creates the model from them a moment later."""
 
 # Metadata /api/show leaves out: the name is shown elsewhere, the template as "template".
 _HIDDEN_KEYS = frozenset({"general.name", "tokenizer.chat_template"})
@@ -156,14 +157,15 @@ async def create(request: Request) -> Response:
     job = await _quantize_job(state, arguments, target) if target else None
 
     async def work(report: Callable[[Progress], None]) -> None:
-        args = arguments
-        if job is not None:  # the quantized copy becomes the model's weights
-            args = {**arguments, "model_blob": await run_quantize(job, state.store, report)}
-
         def status(text: str) -> None:
             report(Progress(text))
 
-        await asyncio.to_thread(state.store.create_model, **args, progress=status)
+        # Blobs, quantized weights and manifest under one hold: no prune in between.
+        async with state.store.lock.held(on_wait=lambda: status(WAITING)):
+            args = arguments
+            if job is not None:  # the quantized copy becomes the model's weights
+                args = {**arguments, "model_blob": await run_quantize(job, state.store, report)}
+            await to_thread_to_the_end(state.store.create_model, **args, progress=status)
 
     return await _progress_response(reports_from(work), body.stream, request)
 
@@ -267,7 +269,7 @@ def _uploaded(store: Store, files: Mapping[str, str]) -> list[tuple[str, str]]:
     for filename, digest in files.items():
         _check_filename(filename)
         normal = parse_digest(digest)
-        if not store.has_blob(normal):
+        if not store.touch_blob(normal):  # touched: prune's grace covers the wait for the lock
             raise BadRequest(
                 f"blob {normal} for {filename!r} not found: upload it first "
                 f"(POST /api/blobs/{normal})"
@@ -334,7 +336,9 @@ def _stored_message(message: Message) -> dict[str, Any]:
 # ``:path`` so that a digest holding slashes reaches the check (400), not the router (404).
 @router.head("/api/blobs/{digest:path}")
 async def blob_exists(digest: str, request: Request) -> Response:
-    return Response(status_code=200 if _state(request).store.has_blob(digest) else 404)
+    # Touched: the create that follows (Ollama's clients skip the upload of a blob that is
+    # here) is within prune's grace.
+    return Response(status_code=200 if _state(request).store.touch_blob(digest) else 404)
 
 
 @router.post("/api/blobs/{digest:path}")
@@ -343,7 +347,8 @@ async def upload_blob(digest: str, request: Request) -> Response:
     store = _state(request).store
     parse_digest(digest)  # 400 before a byte is read
     try:
-        created = await store.write_blob(digest, request.stream())
+        async with store.lock.held():
+            created = await store.write_blob(digest, request.stream())
     except ClientDisconnect:  # write_blob has already removed its partial file
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return Response(status_code=201 if created else 200)
@@ -359,7 +364,8 @@ async def copy(request: Request) -> Response:
     ModelName.parse(body.source)  # an invalid name is a 400 before anything is looked up
     state = _state(request)
     _, source = await state.model(body.source)  # imports the demo model when named
-    await asyncio.to_thread(state.store.copy, source.name, destination)
+    async with state.store.lock.held():
+        await to_thread_to_the_end(state.store.copy, source.name, destination)
     return Response(status_code=200)
 
 
@@ -372,9 +378,10 @@ async def delete(request: Request) -> Response:
     if stored is None:
         raise ModelNotFound(body.model)
     await state.scheduler.unload(stored.display)
-    await asyncio.to_thread(state.store.delete, stored)
-    if not state.settings.noprune:
-        await asyncio.to_thread(state.store.prune, keep_newer_than=PRUNE_GRACE)
+    async with state.store.lock.held():
+        await to_thread_to_the_end(state.store.delete, stored)
+        if not state.settings.noprune:
+            await to_thread_to_the_end(state.store.prune, keep_newer_than=PRUNE_GRACE)
     return Response(status_code=200)
 
 

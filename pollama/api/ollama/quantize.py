@@ -21,6 +21,7 @@ from pollama.devices.system import system_info
 from pollama.ggufmeta import GGUFModel, read_model
 from pollama.llm.quantize import TensorBytes, check_source, quantize_type, run_quantizer
 from pollama.store.blobs import BlobStore
+from pollama.store.lock import to_thread_to_the_end
 from pollama.store.progress import Progress
 
 PROGRESS_DIGEST = "0000000000000000000"
@@ -80,4 +81,4 @@ async def run_quantize(
         )
         advance(1.0)
         report(Progress("verifying conversion"))
-        return await asyncio.to_thread(blobs.adopt, partial)
+        return await to_thread_to_the_end(blobs.adopt, partial)  # the lock outlasts it
