@@ -78,26 +78,24 @@ def running_replicas() -> int:
 
 
 def test_the_official_clients_work_through_the_proxy(proxy: str):
-    client = ollama.Client(host=proxy)
-    whole = client.chat(MODEL, [{"role": "user", "content": "Hi"}], options={"num_predict": 8})
-    assert whole.message.content and whole.done
-    pieces = list(
-        client.chat(
-            MODEL, [{"role": "user", "content": "Hi"}], stream=True, options={"num_predict": 8}
+    hello = [{"role": "user", "content": "Hi"}]
+    with ollama.Client(host=proxy, timeout=300) as client:
+        whole = client.chat(MODEL, hello, options={"num_predict": 8})
+        assert whole.message.content and whole.done
+        pieces = list(client.chat(MODEL, hello, stream=True, options={"num_predict": 8}))
+        assert len(pieces) > 2 and pieces[-1].done
+        assert client.list().models is not None
+    with openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused") as oai:
+        done = oai.chat.completions.create(model=MODEL, messages=hello, max_tokens=8)  # type: ignore[arg-type]
+        assert done.choices[0].message.content
+        chunks = list(
+            oai.chat.completions.create(
+                model=MODEL,
+                messages=hello,  # type: ignore[arg-type]
+                max_tokens=8,
+                stream=True,
+            )
         )
-    )
-    assert len(pieces) > 2 and pieces[-1].done
-    assert client.list().models is not None
-    oai = openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused")
-    done = oai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=8
-    )
-    assert done.choices[0].message.content
-    chunks = list(
-        oai.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True
-        )
-    )
     assert len(chunks) > 2 and chunks[-1].choices[-1].finish_reason == "length"
 
 
@@ -112,8 +110,8 @@ def test_a_stream_arrives_byte_for_byte_as_the_replica_wrote_it(proxy: str):
 
 def test_a_second_turn_lands_where_the_first_did_and_finds_its_prefix(proxy: str):
     for topic in ("a colour", "a fruit", "a tree", "a river"):
-        first = [
-            {"role": "system", "content": SYSTEM},
+        first = [  # a system prompt of its own: no other conversation shares its cache
+            {"role": "system", "content": f"About {topic}. {SYSTEM}"},
             {"role": "user", "content": f"Name {topic}."},
         ]
         one = chat(proxy, first)
