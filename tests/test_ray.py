@@ -20,6 +20,7 @@ import ollama
 import openai
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ray = pytest.importorskip("ray")  # pollama[test] installs it; pollama[ray] for users
 from ray import serve  # noqa: E402
@@ -137,6 +138,22 @@ def test_a_model_loaded_on_one_replica_goes_there(proxy: str):
     for prompt in ("Hello", "Good day", "Hey there", "Greetings"):  # new conversations
         again = httpx.post(f"{proxy}/api/generate", json={**body, "prompt": prompt}, timeout=120)
         assert again.status_code == 200 and again.headers[REPLICA_HEADER] == home
+
+
+def test_metrics_through_the_proxy_cover_every_replica(proxy: str):
+    for _ in range(4):  # some work, wherever it lands
+        chat(proxy, [{"role": "user", "content": "Hi"}])
+    deadline = time.monotonic() + 60
+    while True:  # each replica posts its figures every second (record_routing_stats)
+        text = httpx.get(f"{proxy}/metrics", timeout=60).text
+        replicas = {
+            s.labels.get("replica") for f in text_string_to_metric_families(text) for s in f.samples
+        }
+        if len(replicas - {None}) >= 2:
+            break
+        assert time.monotonic() < deadline, text[:2000]
+        time.sleep(0.5)  # polling what the board holds: nothing to wait on instead
+    assert "pollama_" in text and None not in replicas
 
 
 def _replica_process(replica: str) -> psutil.Process:

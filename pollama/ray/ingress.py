@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from pollama.ray.affinity import hint_for
+from pollama.ray.metrics import board, merge
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class PollamaIngress:
 
     def __init__(self, replicas: Any) -> None:
         self._replicas = replicas.options(stream=True)
+        self._board: Any = None
 
     async def __call__(self, request: Request) -> Response:
         body = await request.body()
@@ -52,6 +54,8 @@ class PollamaIngress:
                 {"error": f"the replica serving this request failed: {_reason(exc)}"},
                 status_code=503,
             )
+        if request.method == "GET" and request.url.path == "/metrics" and head["status"] == 200:
+            return await self._all_metrics(stream)  # a replica said yes (keys): all of them
         headers = dict(head["headers"])
         headers[REPLICA_HEADER] = head["replica"]
         media_type = headers.pop("content-type", None)
@@ -61,6 +65,14 @@ class PollamaIngress:
             headers=headers,
             media_type=media_type,
         )
+
+    async def _all_metrics(self, stream: Any) -> Response:
+        async for _ in stream:  # that replica's own answer: every replica's follows
+            pass
+        if self._board is None:
+            self._board = board()
+        texts = await self._board.texts.remote()
+        return Response(merge(texts), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def _relay(stream: Any, media_type: str) -> AsyncIterator[bytes]:

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from pollama.ray.affinity import Recent
+from pollama.ray.metrics import board
 
 START_TIMEOUT_S = 120.0
 _PR_SET_PDEATHSIG = 1
@@ -80,6 +81,9 @@ class PollamaReplica:
         )
         self._prefixes = Recent(capacity=2_000)
         self.ongoing = 0
+        self._board: Any = None
+        key = os.environ.get("POLLAMA_API_KEY") or os.environ.get("OLLAMA_API_KEY")
+        self._auth = {"Authorization": f"Bearer {key}"} if key else {}
 
     def _wait_until_up(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -134,12 +138,22 @@ class PollamaReplica:
             self.ongoing -= 1
 
     async def record_routing_stats(self) -> dict[str, Any]:
-        """What the router ranks on: loaded models, conversations served, requests now."""
+        """What the router ranks on: loaded models, conversations served, requests now.
+        (Asked every second: the replica posts its ``/metrics`` to the board then too.)"""
         models: list[str] = []
         with contextlib.suppress(httpx.HTTPError, ValueError):
             reply = await self._client.get("/api/ps", timeout=2.0)
             models = [m["name"] for m in reply.json().get("models", [])]
+        await self._post_metrics()
         return {"models": models, "prefixes": self._prefixes.keys(), "ongoing": self.ongoing}
+
+    async def _post_metrics(self) -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            reply = await self._client.get("/metrics", headers=self._auth, timeout=2.0)
+            if reply.status_code == 200:
+                if self._board is None:
+                    self._board = board()
+                self._board.put.remote(self.id, reply.text)
 
     async def check_health(self) -> None:
         """Ray restarts a replica whose server died or stopped answering."""
