@@ -7,6 +7,7 @@ python -m bench soak       # N clients for M minutes: failures, latency, leaks (
 python -m bench clients_ab # many streaming clients: this checkout vs another (bench.clients_ab)
 python -m bench spec       # speculative decoding on vs off: decode rate ratios (bench.spec)
 python -m bench omp_wait   # OpenMP workers passive vs libgomp's default (bench.omp_wait)
+python -m bench rayscale   # pollama on Ray Serve: 2 replicas vs 1, the proxy, prefix hits
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ COMMANDS = {
     "clients_ab": "bench.clients_ab",
     "spec": "bench.spec",
     "omp_wait": "bench.omp_wait",
+    "rayscale": "bench.rayscale",
 }
 
 

@@ -49,6 +49,9 @@ class Deployment:
     """Both set: autoscaling between them; else ``replicas``, fixed."""
     env: Mapping[str, str] = field(default_factory=dict)
     """Environment of every replica's ``pollama serve`` (the shared OLLAMA_MODELS…)."""
+    affinity: bool = True
+    """Route by prefix and model (``router``); False: Ray Serve's default router (power
+    of two choices), for comparison (``python -m bench rayscale``)."""
 
     def replica_env(self) -> dict[str, str]:
         threads = max(1, int(self.resources.num_cpus))
@@ -79,11 +82,12 @@ def build(deployment: Deployment) -> Application:
         scaling = {"num_replicas": deployment.replicas}
     replica = serve.deployment(
         name=REPLICAS,
-        # Room for a queue beyond the slots, so a burst waits at its replica, not at the
-        # router; past it, the router falls through to the next rank.
-        max_ongoing_requests=deployment.parallel * 4,
+        # A replica is saturated when its slots are: one more request would only queue
+        # there, so the router falls through to the next rank (another replica, loading
+        # the model if it must), and queues itself once every replica is full.
+        max_ongoing_requests=deployment.parallel,
         ray_actor_options=actor,
-        request_router_config=RequestRouterConfig(**ROUTER),
+        request_router_config=RequestRouterConfig(**(ROUTER if deployment.affinity else {})),
         health_check_period_s=2.0,
         health_check_timeout_s=30.0,
         graceful_shutdown_timeout_s=10.0,
