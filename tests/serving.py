@@ -150,3 +150,19 @@ def wait_for(condition: Callable[[], object], seconds: float = 30.0) -> bool:
             return True
         time.sleep(0.05)
     return bool(condition())
+
+
+def greedy_chat(
+    server: Server, model: str, prompt: str, tokens: int, **options: Any
+) -> dict[str, Any]:
+    """One whole, greedy ``/api/chat`` reply of at most ``tokens`` tokens (unless
+    ``options`` set another ``num_predict``)."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": False,
+        "options": {"temperature": 0, "num_predict": tokens, **options},
+    }
+    response = server.post("/api/chat", body)
+    assert response.status_code == 200, response.text
+    return dict(response.json())

@@ -19,7 +19,7 @@ from typing import Any
 import gguf
 import pytest
 from gguf_files import write_gguf
-from serving import Server
+from serving import Server, greedy_chat
 
 from pollama.cli.create import create_request
 from pollama.demo import demo_model_path
@@ -136,15 +136,7 @@ def plain(
 
 
 def chat(server: Server, prompt: str, **options: Any) -> dict[str, Any]:
-    body = {
-        "model": "spec",
-        "messages": [{"role": "user", "content": prompt}],
-        "stream": False,
-        "options": {"temperature": 0, "num_predict": 48, **options},
-    }
-    response = server.post("/api/chat", body)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
+    return greedy_chat(server, "spec", prompt, 48, **options)
 
 
 def test_create_with_a_draft_and_show_it(drafting: Server, q8_0_model: Path):

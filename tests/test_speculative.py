@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serving import Server
+from serving import Server, greedy_chat
 
 from pollama.cli.chat import verbose_stats
 from pollama.runner.lookup import Lookup
@@ -50,15 +50,7 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def chat(server: Server, prompt: str, **options: Any) -> dict[str, Any]:
-    body = {
-        "model": "smollm2",
-        "messages": [{"role": "user", "content": prompt}],
-        "stream": False,
-        "options": {"temperature": 0, "num_predict": 80, **options},
-    }
-    response = server.post("/api/chat", body)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
+    return greedy_chat(server, "smollm2", prompt, 80, **options)
 
 
 def draft_totals(server: Server) -> tuple[float, float]:
