@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,16 +41,10 @@ from typing import Any
 import httpx
 
 from bench.compare.client import stream_chat
+from bench.compare.servers import free_port
 
 PROMPT = "Write a long story about a lighthouse keeper and a storm."
 RULE = "answer in plain words, never in lists, and keep every answer short."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_up(url: str, deadline_s: float = 300) -> None:

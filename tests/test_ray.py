@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import openai
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from serving import free_port
 
 ray = pytest.importorskip("ray")  # pollama[test] installs it; pollama[ray] for users
 from ray import serve  # noqa: E402
@@ -34,13 +34,6 @@ SYSTEM = " ".join(
     for i in range(12)
 )
 """A long system prompt (~250 tokens): what a second turn finds in its replica's cache."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from pollama.llm.process import free_port
 from pollama.ray.affinity import Recent
 from pollama.ray.metrics import board
 
@@ -43,20 +44,11 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class PollamaReplica:
     """A Ray Serve replica serving every API through its own ``pollama serve``."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        port = _free_port()
+        port = free_port()
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = Path(tempfile.mkdtemp(prefix="pollama-replica-")) / "serve.log"
         self.id = replica_id()
