@@ -69,18 +69,18 @@ def test_lookup_drafts_what_followed_the_latest_match():
     lookup = Lookup()
     lookup.extend([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8, 1, 2, 3])
     # The suffix 1 2 3 occurred twice before; the latest one was followed by 7 8 1 ...
-    assert lookup.draft(3) == [7, 8, 1]
-    assert lookup.draft(0) == []
+    assert lookup.find(3) == (3, [7, 8, 1])
+    assert lookup.find(0) == (0, [])
     lookup.append(6)  # "3 6" and "2 3 6" never occurred
-    assert lookup.draft(4) == []
+    assert lookup.find(4) == (0, [])
 
 
 def test_lookup_never_matches_its_own_suffix():
     lookup = Lookup()
     lookup.extend([5, 6, 7])
-    assert lookup.draft(4) == []
+    assert lookup.find(4) == (0, [])
     lookup.extend([5, 6])
-    assert lookup.draft(4) == [7, 5, 6]
+    assert lookup.find(4) == (2, [7, 5, 6])
 
 
 def test_lookup_says_which_suffix_matched():

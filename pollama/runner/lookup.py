@@ -42,13 +42,10 @@ class Lookup:
             if end + 1 >= n:
                 self._ends[tuple(seq[end + 1 - n : end + 1])] = end
 
-    def draft(self, limit: int) -> list[int]:
-        """Up to ``limit`` tokens that followed the latest earlier occurrence of the
-        context's longest matching suffix; none when no suffix occurred before."""
-        return self.find(limit)[1]
-
     def find(self, limit: int) -> tuple[int, list[int]]:
-        """The draft, with the length of the suffix it matched (0 and [] for none)."""
+        """Up to ``limit`` tokens that followed the latest earlier occurrence of the
+        context's longest matching suffix, with that suffix's length; (0, []) when no
+        suffix occurred before."""
         seq = self.tokens
         if limit <= 0:
             return 0, []

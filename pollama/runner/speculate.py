@@ -69,15 +69,18 @@ def start(loaded: Loaded, gen: Generation, prompt: list[int]) -> None:
     gen.pace = Pace(max_length=length)
 
 
-def draft_ahead(loaded: Loaded, slots: Sequence[Slot], scales: tuple[float, ...] | None) -> None:
+def draft_ahead(
+    loaded: Loaded, slots: Sequence[Slot], scales: tuple[float, ...] | None, streams: int
+) -> None:
     """With a draft model: each generating slot of this step (``scales``: the LoRA set it
-    decodes) drafts now, before the batch is built, as far as the batch (as ``_fill``
-    will share it out), the context, the request and its pace allow."""
+    decodes; ``streams``: how many generate) drafts now, before the batch is built, as
+    far as the batch (as ``_fill`` will share it out), the context, the request and its
+    pace allow."""
     drafter = loaded.drafter
     if drafter is None:
         return
     budget = loaded.batch.capacity
-    row_cost = loaded.row_cost.tokens_per_row(generating(slots))
+    row_cost = loaded.row_cost.tokens_per_row(streams)
     jobs: list[tuple[Generation, DraftJob]] = []
     for slot in slots:
         gen = slot.gen
@@ -99,11 +102,6 @@ def draft_ahead(loaded: Loaded, slots: Sequence[Slot], scales: tuple[float, ...]
     for gen, job in jobs:
         gen.proposed = job.draft
         gen.eval_ns += elapsed
-
-
-def generating(slots: Sequence[Slot]) -> int:
-    """How many slots decode a generated token this step: the streams a draft slows."""
-    return sum(1 for slot in slots if slot.gen is not None and slot.gen.next_token is not None)
 
 
 def _limit(loaded: Loaded, slot: Slot, gen: Generation, room: int) -> int:

@@ -19,7 +19,7 @@ import llama_cpp as L
 from pollama.protocol.wire import RunnerStats
 from pollama.runner.lora import Scales, pick_scales
 from pollama.runner.sampling import finish, sample
-from pollama.runner.speculate import draft_ahead, generating, propose, verify
+from pollama.runner.speculate import draft_ahead, propose, verify
 from pollama.runner.state import EngineError, Generation, Loaded, Slot
 from pollama.runner.vision import is_image, offset_in_image
 
@@ -54,8 +54,10 @@ def step(loaded: Loaded, slots: list[Slot], stats: StepStats) -> None:
     _evaluate_images(loaded, slots, stats)
     # With adapters, a step decodes the slots of one scale set only (see ``lora``).
     scales = _scales(loaded, slots) if loaded.adapters else None
-    draft_ahead(loaded, slots, scales)  # a draft model's drafts, before the batch is built
-    in_batch = _fill(loaded, slots, scales)
+    # The streams a draft row slows: every slot decoding a generated token this step.
+    streams = sum(1 for s in slots if s.gen is not None and s.gen.next_token is not None)
+    draft_ahead(loaded, slots, scales, streams)  # a draft model's drafts, before the batch
+    in_batch = _fill(loaded, slots, scales, streams)
     if not in_batch:
         return
     if scales is not None and loaded.adapters.use(loaded.ctx, scales):
@@ -100,14 +102,13 @@ def _scales(loaded: Loaded, slots: list[Slot]) -> Scales | None:
 
 
 def _fill(
-    loaded: Loaded, slots: list[Slot], scales: Scales | None
+    loaded: Loaded, slots: list[Slot], scales: Scales | None, streams: int
 ) -> list[tuple[Slot, Generation]]:
     """Build the step's batch: every slot in it, with the request it decodes for; with
-    ``scales``, only the slots that decode with them."""
+    ``scales``, only the slots that decode with them; ``streams`` share its drafts' cost."""
     batch = loaded.batch
     batch.clear()
     budget = batch.capacity
-    streams = generating(slots)
     in_batch: list[tuple[Slot, Generation]] = []
     # Generating slots first: one token each keeps every stream moving, and its draft
     # (``speculate``), verified in the same decode.
