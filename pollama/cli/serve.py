@@ -68,8 +68,10 @@ def serve() -> None:
     settings = Settings.from_env()
     configure_logging(settings.debug)
     with asyncio.Runner(loop_factory=_loop_factory()) as loop:
-        spares = SpareRunner(enabled=settings.spare_runner)
-        if not discover_gpus(settings):  # a load onto GPUs starts a runner seeing only those
+        # A load onto GPUs starts a runner that sees only those: no spare with a GPU
+        # (found once, here; the scheduler does not probe again for it).
+        spares = SpareRunner(enabled=settings.spare_runner and not discover_gpus(settings))
+        if spares.enabled:
             loop.run(spares.launch())
         _serve(settings, spares, loop)
 

@@ -53,6 +53,11 @@ class SpareRunner:
         loads start their own runners, and the reason shows in their errors."""
 
     @property
+    def enabled(self) -> bool:
+        """Whether spares start at all (POLLAMA_SPARE_RUNNER; none on a machine with GPUs)."""
+        return self._enabled
+
+    @property
     def pid(self) -> int | None:
         """The idle spare's process id (None when there is none)."""
         return self._spare.process.pid if self._spare else None

@@ -152,7 +152,7 @@ class Scheduler:
     def warm_up(self) -> None:
         """Start the spare runner the next load will want; with no GPU only (a load onto
         GPUs starts its own runner, seeing only those). Idempotent."""
-        if self._spares is not None and not self._closed:
+        if self._spares is not None and self._spares.enabled and not self._closed:
             self._gpu_count = len(self._gpu_probe()) if self._gpu_count is None else self._gpu_count
             if self._gpu_count == 0:
                 self._spares.start()
