@@ -190,3 +190,15 @@ def test_mapped_weights_with_extra_buffers_count_the_repacked_copies(q4_0_model)
         assert off < unmapped < on  # only the tied LM head's copy
     else:
         assert on == off
+
+
+def test_a_ray_replica_reserves_what_fit_plans():
+    # pollama ray up --model sizes each replica with fit's own plan, with the options a
+    # request that sets none would load with.
+    from pollama.cli.fit import model_needs
+    from pollama.settings import Settings
+
+    for parallel in (1, 2):
+        memory, on_gpu = model_needs("smollm2", Settings.from_env({}), parallel=parallel)
+        assert memory == fit_json("--parallel", str(parallel))["cpu"]["total"]
+        assert on_gpu is False

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +23,7 @@ from pollama.memory.layout import LayoutPolicy, format_layers
 from pollama.memory.placement import Placement, plan_placement
 from pollama.memory.types import DeviceMemory, DraftMemory, ProjectorMemory
 from pollama.options.load import LoadOptions, resolve_load_options
+from pollama.scheduler.keepalive import load_options
 from pollama.settings import Settings
 from pollama.store.disk import Store
 from pollama.units import format_bytes, parse_size
@@ -101,13 +102,8 @@ def model_needs(model: str, settings: Settings, *, parallel: int) -> tuple[int, 
     bytes of system memory, and whether any layer goes on a GPU (``pollama ray``)."""
     files = _model_files(model, None, [], settings)
     gpus = devices.discover_gpus(settings)
-    asked = LoadOptions(
-        num_ctx=settings.context_length,
-        parallel=parallel,
-        flash_attention=settings.flash_attention,
-        kv_cache_type=settings.kv_cache_type,
-        draft_max=settings.draft_max,
-    )
+    # The options a request that sets none loads with, on a server of ``parallel`` slots.
+    asked = replace(load_options({}, settings), parallel=parallel)
     placement = _place(files, asked, _system(None), gpus, settings, False)
     return placement.memory.cpu_total, bool(placement.layout.devices())
 
