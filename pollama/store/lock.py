@@ -51,8 +51,7 @@ class StoreLock:
     def try_acquire(self) -> int | None:
         """The lock's descriptor when it was free (release it with ``release``); None
         when another open file holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -62,6 +61,11 @@ class StoreLock:
             os.close(fd)
             raise
         return fd
+
+    def _open(self) -> int:
+        """A new open file of the lock (each holds or waits for the lock on its own)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     @staticmethod
     def release(fd: int) -> None:
@@ -77,7 +81,7 @@ class StoreLock:
         if fd is None:
             if on_wait is not None:
                 on_wait()
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel wakes us when it is released
             except BaseException:
