@@ -13,7 +13,14 @@ from gguf_files import write_gguf
 
 from pollama.demo import demo_model_path
 from pollama.errors import InvalidModelFile
-from pollama.ggufmeta import GGUFModel, LayerGroup, TensorInfo, TruncatedArray, read_model
+from pollama.ggufmeta import (
+    GGUFModel,
+    LayerGroup,
+    TensorInfo,
+    TruncatedArray,
+    read_model,
+    read_string_items,
+)
 from pollama.units import GiB
 
 
@@ -99,6 +106,33 @@ def test_long_arrays_are_truncated_unless_asked_for(demo: GGUFModel) -> None:
     assert isinstance(types, list) and len(types) == 49152 and types[0] in (1, 3)
     assert len(full.get("tokenizer.ggml.merges")) == 48900
     assert full.vocab_size == 49152
+
+
+def test_string_items_are_read_without_the_rest_of_the_array() -> None:
+    full = read_model(demo_model_path(), max_array_len=-1)
+    tokens = full.get("tokenizer.ggml.tokens")
+    merges = full.get("tokenizer.ggml.merges")
+    picked = read_string_items(demo_model_path(), "tokenizer.ggml.tokens", [49151, 0, 2, 2, 777])
+    assert picked == {i: tokens[i] for i in (0, 2, 777, 49151)}
+    assert read_string_items(demo_model_path(), "tokenizer.ggml.merges", [48899]) == {
+        48899: merges[48899]
+    }
+    # Out of range, negative, not an array of strings, or no such key: left out.
+    assert read_string_items(demo_model_path(), "tokenizer.ggml.tokens", [49152, -1]) == {}
+    assert read_string_items(demo_model_path(), "tokenizer.ggml.token_type", [0]) == {}
+    assert read_string_items(demo_model_path(), "general.architecture", [0]) == {}
+    assert read_string_items(demo_model_path(), "no.such.key", [0]) == {}
+
+
+def test_string_items_of_a_truncated_file_fail_as_invalid(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    with open(demo_model_path(), "rb") as src:
+        cut.write_bytes(src.read(200_000))  # ends inside the vocabulary
+    # Even an item before the cut: the file cannot hold the array it claims, as read_model
+    # would say.
+    for index in (10, 49151):
+        with pytest.raises(InvalidModelFile, match="cut.gguf"):
+            read_string_items(cut, "tokenizer.ggml.tokens", [index])
 
 
 def test_max_array_len_zero_truncates_every_array() -> None:

@@ -83,8 +83,9 @@ def test_demo_continue_final_message_ends_inside_it(demo: ChatTemplate) -> None:
 
 
 def test_demo_special_tokens() -> None:
-    assert special_tokens(demo_model_path()) == ("<|im_start|>", "<|im_end|>")
-    assert special_tokens(str(demo_model_path())) == ("<|im_start|>", "<|im_end|>")  # cached
+    demo = read_model(demo_model_path())
+    assert special_tokens(demo) == ("<|im_start|>", "<|im_end|>")
+    assert special_tokens(demo) == ("<|im_start|>", "<|im_end|>")  # cached
 
 
 def test_special_tokens_of_a_small_vocabulary(tmp_path: Path) -> None:
@@ -93,16 +94,32 @@ def test_special_tokens_of_a_small_vocabulary(tmp_path: Path) -> None:
         writer.add_bos_token_id(1)
         writer.add_eos_token_id(2)
 
-    assert special_tokens(write_gguf(tmp_path / "vocab.gguf", "llama", vocab)) == ("<s>", "</s>")
-    assert special_tokens(write_gguf(tmp_path / "none.gguf", "llama")) == ("", "")
+    path = write_gguf(tmp_path / "vocab.gguf", "llama", vocab)
+    assert special_tokens(read_model(path)) == ("<s>", "</s>")
+    # The same vocabulary read as a TruncatedArray: the two items are read from the file.
+    assert special_tokens(read_model(path, max_array_len=1)) == ("<s>", "</s>")
+    assert special_tokens(read_model(write_gguf(tmp_path / "none.gguf", "llama"))) == ("", "")
 
     def bad_ids(writer: gguf.GGUFWriter) -> None:
-        writer.add_token_list(["<unk>"])
+        writer.add_token_list(["<unk>", "a", "b"])
         writer.add_bos_token_id(7)  # out of range: no token, rather than an IndexError
+        writer.add_eos_token_id(2)
 
-    assert special_tokens(write_gguf(tmp_path / "bad.gguf", "llama", bad_ids)) == ("", "")
-    with pytest.raises(InvalidModelFile, match="missing.gguf"):
-        special_tokens(tmp_path / "missing.gguf")
+    bad = write_gguf(tmp_path / "bad.gguf", "llama", bad_ids)
+    assert special_tokens(read_model(bad)) == ("", "b")
+    assert special_tokens(read_model(bad, max_array_len=1)) == ("", "b")
+
+
+def test_special_tokens_of_a_file_gone_since_its_header_was_read(tmp_path: Path) -> None:
+    def vocab(writer: gguf.GGUFWriter) -> None:
+        writer.add_token_list(["<unk>", "<s>", "</s>"])
+        writer.add_bos_token_id(1)
+
+    path = write_gguf(tmp_path / "gone.gguf", "llama", vocab)
+    model = read_model(path, max_array_len=1)
+    path.unlink()
+    with pytest.raises(InvalidModelFile, match="gone.gguf"):
+        special_tokens(model)
 
 
 # -- selection and syntax --------------------------------------------------------------------

@@ -544,7 +544,7 @@ def _call_id() -> str:
 
 def _special(model: GGUFModel) -> tuple[str, str]:
     """BOS/EOS strings for templates; no BOS when the tokenizer adds its own (no doubles)."""
-    bos, eos = special_tokens(model.path)
+    bos, eos = special_tokens(model)
     adds_bos = model.get("tokenizer.ggml.add_bos_token")
     if adds_bos is None:
         adds_bos = model.get("tokenizer.ggml.model") == "llama"  # SentencePiece adds BOS

@@ -17,7 +17,6 @@ Every failure, at compile or render time, is an InvalidTemplate.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from jinja2 import meta
 from pollama.chat.gotemplate import GoTemplate
 from pollama.chat.sandbox import BoundedSandbox, render_bounded
 from pollama.errors import InvalidModelFile, InvalidTemplate
-from pollama.ggufmeta import GGUFModel, read_model
+from pollama.ggufmeta import GGUFModel, TruncatedArray, read_string_items
 
 Syntax = Literal["jinja", "go"]
 
@@ -227,33 +226,34 @@ def template_for(model: GGUFModel, modelfile_template: str | None) -> ChatTempla
     return None
 
 
-def special_tokens(model_path: str | os.PathLike[str]) -> tuple[str, str]:
+def special_tokens(model: GGUFModel) -> tuple[str, str]:
     """The BOS and EOS token strings of a GGUF ("" where the file names none).
 
     Templates print them (``{{ bos_token }}``). When the tokenizer adds BOS itself
     (``tokenizer.ggml.add_bos_token``), pass ``bos_token=""`` to render instead, or
     the prompt would start with two.
     """
-    path = Path(model_path).resolve()
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise InvalidModelFile(str(path), exc.strerror or str(exc)) from None
-    return _special_tokens(str(path), stat.st_mtime_ns, stat.st_size)
+    ids = tuple(
+        model.get(key) for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id")
+    )
+    tokens = model.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, list):  # a small vocabulary, kept whole by the header reader
+        found = {i: str(tokens[i]) for i in ids if isinstance(i, int) and 0 <= i < len(tokens)}
+    elif isinstance(tokens, TruncatedArray):
+        path = Path(model.path).resolve()
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise InvalidModelFile(str(path), exc.strerror or str(exc)) from None
+        found = _special_tokens(str(path), stat.st_mtime_ns, stat.st_size, ids)
+    else:
+        found = {}
+    bos, eos = (found.get(i, "") if isinstance(i, int) else "" for i in ids)
+    return bos, eos
 
 
 @lru_cache(maxsize=32)
-def _special_tokens(path: str, mtime_ns: int, size: int) -> tuple[str, str]:
-    # The vocabulary is the one array the header reader truncates by default, so we
-    # read it whole, once per file version (mtime and size are in the cache key), and
-    # keep only the two strings.
-    model = read_model(path, max_array_len=-1)
-    tokens = model.get("tokenizer.ggml.tokens")
-
-    def token(key: str) -> str:
-        index = model.get(key)
-        if isinstance(tokens, list) and isinstance(index, int) and 0 <= index < len(tokens):
-            return str(tokens[index])
-        return ""
-
-    return token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")
+def _special_tokens(path: str, mtime_ns: int, size: int, ids: tuple[Any, ...]) -> dict[int, str]:
+    # The header reader keeps the vocabulary as a TruncatedArray; decode just these items,
+    # once per file version (mtime and size are in the cache key).
+    return read_string_items(path, "tokenizer.ggml.tokens", (i for i in ids if isinstance(i, int)))

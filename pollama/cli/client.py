@@ -77,7 +77,14 @@ class Client:
         # POLLAMA_API_KEY / OLLAMA_API_KEY, for a server that requires keys.
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self._http = httpx.Client(
-            base_url=base_url, transport=transport, timeout=timeout, headers=headers
+            base_url=base_url,
+            transport=transport,
+            timeout=timeout,
+            headers=headers,
+            # Loading the CA bundle costs `pollama run` 35-60 ms before its first request;
+            # a plain-HTTP server (the usual local one) never uses it. Redirects are not
+            # followed, so an http:// base URL never reaches TLS.
+            verify=base_url.startswith("https:"),
         )
 
     def close(self) -> None:

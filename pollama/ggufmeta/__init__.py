@@ -7,7 +7,14 @@ Any file that is not a usable GGUF raises pollama.errors.InvalidModelFile.
 """
 
 from pollama.ggufmeta.model import GGUFModel
-from pollama.ggufmeta.reader import read_model
+from pollama.ggufmeta.reader import read_model, read_string_items
 from pollama.ggufmeta.records import LayerGroup, TensorInfo, TruncatedArray
 
-__all__ = ["GGUFModel", "LayerGroup", "TensorInfo", "TruncatedArray", "read_model"]
+__all__ = [
+    "GGUFModel",
+    "LayerGroup",
+    "TensorInfo",
+    "TruncatedArray",
+    "read_model",
+    "read_string_items",
+]

@@ -56,6 +56,9 @@ class RunnerClient:
             base_url=f"http://127.0.0.1:{port}",
             timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT),
             transport=transport,
+            # Plain HTTP over loopback: no TLS context, whose CA bundle took 35-60 ms of
+            # every runner start (the first reply and each model swap wait for it).
+            verify=False,
         )
 
     async def aclose(self) -> None:

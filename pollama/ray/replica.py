@@ -69,7 +69,9 @@ class PollamaReplica:
             )
         self._wait_until_up()
         self._client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=httpx.Timeout(None, connect=10.0)
+            base_url=self.base_url,
+            timeout=httpx.Timeout(None, connect=10.0),
+            verify=False,  # plain HTTP over loopback: skip loading a CA bundle
         )
         self._prefixes = Recent(capacity=2_000)
         self.ongoing = 0
