@@ -256,6 +256,7 @@ class Session:
                 attempt("chat", lambda: workloads.chat(instance, salt))
                 instance.tree.sample()
                 into["rss_mib"] = instance.tree.peak / 2**20
+                into["rss_serving_mib"] = instance.tree.peak_serving / 2**20
         elif stage == "embeddings":
             with self._running(server, embeddings=True) as instance:
                 attempt("embeddings", lambda: workloads.embeddings(instance))

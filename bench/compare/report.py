@@ -126,7 +126,8 @@ turn (its column: the median of those runs).
   system prompt would be). Chat: a ~1,000-token system
   prompt, turn 2 repeats turn 1 and its reply (the prefix cache's case).
   Embeddings: 64 short inputs in one request vs 64 requests one after another.
-  Peak RSS: the server's process tree, sampled every 0.2 s. Load time: process
+  Peak RSS: the server's process tree, sampled every 0.2 s; "server + runner" leaves
+  out pollama's idle spare runner (a third process, waiting for the next model). Load time: process
   start to the first successful reply.
 - Background: the machine is shared. "Other processes' CPU" is how many cores
   processes other than the benchmark and the server under test kept busy during

@@ -181,12 +181,18 @@ def llama_server_version(binary: Path) -> str:
     return next((line for line in lines if line.startswith("version")), lines[-1] if lines else "")
 
 
+# pollama's idle spare runner names itself so until it takes a model (runner/__main__.py).
+SPARE_NAME = "pollama-spare"
+
+
 class TreeSampler:
     """A process and its descendants, sampled by a thread: the peak of their summed
-    resident memory, and the CPU time each has used (as last seen)."""
+    resident memory (``peak``; ``peak_serving`` leaves out an idle spare runner, which
+    serves nothing until the next model), and the CPU time each has used (as last seen)."""
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.peak = 0
+        self.peak_serving = 0
         self._cpu: dict[int, float] = {}
         self._pid = pid
         self._interval = interval
@@ -204,16 +210,20 @@ class TreeSampler:
             processes = [root, *root.children(recursive=True)]
         except psutil.Error:
             return
-        total = 0
+        total = spare = 0
         for process in processes:
             try:
                 with process.oneshot():
-                    total += process.memory_info().rss
+                    rss = process.memory_info().rss
                     times = process.cpu_times()
+                    name = process.name()
             except psutil.Error:
                 continue  # exited between the listing and the read
+            total += rss
+            spare += rss if name == SPARE_NAME else 0
             self._cpu[process.pid] = times.user + times.system
         self.peak = max(self.peak, total)
+        self.peak_serving = max(self.peak_serving, total - spare)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

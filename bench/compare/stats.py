@@ -64,6 +64,7 @@ def metrics(levels: Iterable[int]) -> list[Metric]:
         Metric("embed_single_ips", "embeddings: 64 separate requests", "inputs/s", True),
         Metric("embed_speedup", "embeddings: one request ÷ separate", "×", True, 2),
         Metric("rss_mib", "peak RSS, server process tree (1 slot)", "MiB", False, 0),
+        Metric("rss_serving_mib", "peak RSS, server + runner (idle spare apart)", "MiB", False, 0),
         Metric("load_s", "load: process start → first response", "s", False, 2),
         Metric("other_cpu", "other processes' CPU during the turn", "cores", False, 2, False),
     ]
