@@ -35,7 +35,6 @@ from pollama.api.metrics import CompletionMeter, Metrics
 from pollama.api.state import ServerState
 from pollama.api.vision import admit_images, message_images, tokens_per_image
 from pollama.chat.capabilities import template_thinks
-from pollama.chat.grammar import grammar_from_format, json_schema_to_grammar
 from pollama.chat.prompt import (
     Prompt,
     assemble_chat,
@@ -179,6 +178,8 @@ def check_template_size(template: str | None) -> None:
 def check_format(fmt: object) -> None:
     """Reject a bad ``format`` before anything loads (InvalidFormat/UnsupportedSchema → 400)."""
     if fmt is not None and fmt != "":
+        from pollama.chat.grammar import grammar_from_format  # only `format` requests need it
+
         grammar_from_format(fmt)
 
 
@@ -226,7 +227,11 @@ def _reply_plan(
         if template is None or not template.supports_tools:
             raise BadRequest(f'"{name}" does not support tools')
         syntax = infer_tool_syntax(source, reads_tools=True)
-    grammar = grammar_from_format(call.format) if call.format not in (None, "") else ""
+    grammar = ""
+    if call.format not in (None, ""):
+        from pollama.chat.grammar import grammar_from_format  # only `format` requests need it
+
+        grammar = grammar_from_format(call.format)
     if tools and tool_choice not in ("auto", "none"):
         if grammar:
             raise BadRequest("a required tool call and a format cannot be combined")
@@ -265,6 +270,8 @@ def tool_call_grammar(
     prefix, suffix = syntax.open or "", syntax.close or ""
     if syntax.open == "[TOOL_CALLS]":  # Mistral's calls are a JSON list
         prefix, suffix = prefix + "[", "]"
+    from pollama.chat.grammar import json_schema_to_grammar  # only forced tool calls need it
+
     return json_schema_to_grammar(schema, prefix=prefix, suffix=suffix)
 
 
