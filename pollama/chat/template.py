@@ -23,15 +23,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jinja2
 from jinja2 import meta
 
-from pollama.chat.gotemplate import GoTemplate
 from pollama.chat.sandbox import BoundedSandbox, render_bounded
 from pollama.errors import InvalidModelFile, InvalidTemplate
 from pollama.ggufmeta import GGUFModel, TruncatedArray, read_string_items
+
+if TYPE_CHECKING:
+    from pollama.chat.gotemplate import GoTemplate
 
 Syntax = Literal["jinja", "go"]
 
@@ -194,6 +196,10 @@ def _compile(source: str, syntax: Syntax) -> ChatTemplate:
     by source (a ChatTemplate is immutable, so sharing one is safe)."""
     with _within_pythons_limits():
         if syntax == "go":
+            # Only Modelfile templates are Go: a model with the GGUF's Jinja template never
+            # needs the Go parser, and the server need not import it at start.
+            from pollama.chat.gotemplate import GoTemplate
+
             program = GoTemplate.parse(source)
             return ChatTemplate(source, "go", program.identifiers, _go=program)
         return _compile_jinja(source)
