@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -30,7 +30,6 @@ from starlette.requests import ClientDisconnect
 from pollama.api.completion import check_template_size
 from pollama.api.errors import CLIENT_CLOSED_REQUEST
 from pollama.api.ollama.generate import NDJSON, parse_body
-from pollama.api.ollama.quantize import QuantizeJob, plan_quantize, requested_type, run_quantize
 from pollama.api.ollama.types import (
     CopyRequest,
     CreateRequest,
@@ -51,15 +50,19 @@ from pollama.chat.template import ChatTemplate, template_for
 from pollama.errors import BadRequest, InvalidModelFile, ModelNotFound, PollamaError
 from pollama.ggufmeta import GGUFModel, TruncatedArray, read_model
 from pollama.options.parameters import OPTIONS, validate_options
-from pollama.store import registry
 from pollama.store.disk import PRUNE_GRACE, Store
 from pollama.store.lock import WAITING, to_thread_to_the_end
 from pollama.store.manifest import MODEL, parse_digest
-from pollama.store.modelfile import modelfile_for, parameters_text
 from pollama.store.names import ModelName
-from pollama.store.progress import Progress, reports_from
 from pollama.store.resolved import model_details
-from pollama.store.vocab import check_draft
+
+if TYPE_CHECKING:
+    from pollama.api.ollama.quantize import QuantizeJob
+    from pollama.store.progress import Progress
+
+# What only a show, a create, a pull or a push uses (Modelfile rendering, the quantizer,
+# the draft's vocabulary check, the registry client) is imported by that route: the
+# server's start does not wait for it.
 
 router = APIRouter()
 
@@ -83,6 +86,8 @@ async def show(request: Request) -> Response:
     body = await parse_body(request, ShowRequest)
     if not body.model:
         raise BadRequest("model is required")
+    from pollama.store.modelfile import modelfile_for, parameters_text
+
     spec, resolved = await _state(request).model(body.model)
     if body.system or body.template or body.options:  # deprecated per-request overrides
         overrides = validate_options(body.options or {})
@@ -150,6 +155,9 @@ def _template_or_none(gguf: GGUFModel, modelfile_template: str | None) -> ChatTe
 
 @router.post("/api/create")
 async def create(request: Request) -> Response:
+    from pollama.api.ollama.quantize import requested_type, run_quantize
+    from pollama.store.progress import Progress, reports_from
+
     body = await parse_body(request, CreateRequest)
     state = _state(request)
     target = requested_type(body.quantize, body.quantization)
@@ -173,6 +181,8 @@ async def create(request: Request) -> Response:
 async def _quantize_job(state: ServerState, arguments: dict[str, Any], target: str) -> QuantizeJob:
     """The quantize job for the weights the create names (BadRequest if they are not F16,
     BF16 or F32)."""
+    from pollama.api.ollama.quantize import plan_quantize
+
     if arguments.get("model_blob"):
         source = state.store.blob_path(arguments["model_blob"])
     else:
@@ -259,6 +269,8 @@ async def _draft_blob(
             raise BadRequest(f"the draft {files[0][0]!r} is not a model (a projector or adapter)")
         label, blob = files[0]
         path = store.blob_path(blob)
+    from pollama.store.vocab import check_draft
+
     await asyncio.to_thread(check_draft, path, label, *weights)
     return blob
 
@@ -391,6 +403,8 @@ async def delete(request: Request) -> Response:
 @router.post("/api/pull")
 async def pull(request: Request) -> Response:
     body = await parse_body(request, PullRequest)
+    from pollama.store import registry
+
     name = ModelName.parse(body.model)
     records = registry.pull(_state(request).store, name, insecure=body.insecure)
     return await _progress_response(records, body.stream)
@@ -401,6 +415,8 @@ async def push(request: Request) -> Response:
     body = await parse_body(request, PushRequest)
     name = ModelName.parse(body.model)
     state = _state(request)
+    from pollama.store import registry
+
     await state.model(body.model)  # 404 before streaming; imports the demo model when named
     records = registry.push(state.store, name, insecure=body.insecure)
     return await _progress_response(records, body.stream)
