@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from pollama.api.wiremodel import WireModel
 from pollama.errors import BadRequest
 from pollama.protocol.wire import LoraScale
 from pollama.scheduler.loaded import ModelSpec
 
 
-class LoraEntry(BaseModel):
+class LoraEntry(WireModel):
     """One adapter's scale for this request."""
 
     model_config = ConfigDict(extra="forbid")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from pollama.api.wiremodel import WireModel
 
 
-class _In(BaseModel):
+class _In(WireModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
@@ -128,19 +130,19 @@ class MessagesRequest(_In):
 # -- response -----------------------------------------------------------------------------
 
 
-class TextOut(BaseModel):
+class TextOut(WireModel):
     type: Literal["text"] = "text"
     text: str
 
 
-class ThinkingOut(BaseModel):
+class ThinkingOut(WireModel):
     type: Literal["thinking"] = "thinking"
     thinking: str
     signature: str = ""
     """Anthropic signs its thinking; pollama has nothing to sign it with."""
 
 
-class ToolUseOut(BaseModel):
+class ToolUseOut(WireModel):
     type: Literal["tool_use"] = "tool_use"
     id: str
     name: str
@@ -152,14 +154,14 @@ ContentOut = TextOut | ThinkingOut | ToolUseOut
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
 
-class Usage(BaseModel):
+class Usage(WireModel):
     input_tokens: int = 0
     """Prompt tokens evaluated; those the cache held are ``cache_read_input_tokens``."""
     output_tokens: int = 0
     cache_read_input_tokens: int | None = None
 
 
-class Message(BaseModel):
+class Message(WireModel):
     id: str
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"

@@ -13,17 +13,18 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from pollama.api.ollama.generate import keep_alive_of, parse_body
 from pollama.api.state import ServerState
+from pollama.api.wiremodel import WireModel
 from pollama.errors import BadRequest
 from pollama.options.parameters import validate_options
 
 router = APIRouter()
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(WireModel):
     """Unknown fields are ignored; ``query`` and ``documents`` are checked by hand, for
     messages that say what is wrong."""
 
@@ -38,22 +39,22 @@ class RerankRequest(BaseModel):
     keep_alive: float | str | None = None
 
 
-class RerankDocument(BaseModel):
+class RerankDocument(WireModel):
     text: str
 
 
-class RerankResult(BaseModel):
+class RerankResult(WireModel):
     index: int
     relevance_score: float
     document: RerankDocument | None = None
 
 
-class RerankUsage(BaseModel):
+class RerankUsage(WireModel):
     prompt_tokens: int
     total_tokens: int
 
 
-class RerankResponse(BaseModel):
+class RerankResponse(WireModel):
     model: str
     object: str = "list"
     usage: RerankUsage

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from pollama.api.lora import LoraEntry
+from pollama.api.wiremodel import WireModel
 
 
 def rfc3339(moment: datetime | None = None) -> str:
@@ -36,11 +37,11 @@ def _second(seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
-class _Request(BaseModel):
+class _Request(WireModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
-class _Response(BaseModel):
+class _Response(WireModel):
     model_config = ConfigDict(extra="ignore")
 
 
@@ -51,20 +52,20 @@ def _legacy_name(data: Any) -> Any:
     return data
 
 
-class ToolCallFunction(BaseModel):
+class ToolCallFunction(WireModel):
     model_config = ConfigDict(extra="ignore")
     index: int | None = None
     name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
-class ToolCall(BaseModel):
+class ToolCall(WireModel):
     model_config = ConfigDict(extra="ignore")
     id: str | None = None
     function: ToolCallFunction
 
 
-class Message(BaseModel):
+class Message(WireModel):
     model_config = ConfigDict(extra="ignore")
     role: str
     content: str = ""
@@ -80,7 +81,7 @@ class Message(BaseModel):
         return "" if value is None else value
 
 
-class TokenLogprob(BaseModel):
+class TokenLogprob(WireModel):
     token: str
     logprob: float
     bytes: list[int] | None = None

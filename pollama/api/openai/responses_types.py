@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import ConfigDict, Discriminator, Field, Tag
+
+from pollama.api.wiremodel import WireModel
 
 # -- request ------------------------------------------------------------------------------
 
 
-class _In(BaseModel):
+class _In(WireModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
@@ -156,14 +158,14 @@ class ResponsesRequest(_In):
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
 
-class OutputTextPart(BaseModel):
+class OutputTextPart(WireModel):
     type: Literal["output_text"] = "output_text"
     text: str
     annotations: list[Any] = Field(default_factory=list)
     logprobs: list[Any] = Field(default_factory=list)
 
 
-class MessageOut(BaseModel):
+class MessageOut(WireModel):
     type: Literal["message"] = "message"
     id: str
     role: Literal["assistant"] = "assistant"
@@ -171,18 +173,18 @@ class MessageOut(BaseModel):
     content: list[OutputTextPart] = Field(default_factory=list)
 
 
-class SummaryText(BaseModel):
+class SummaryText(WireModel):
     type: Literal["summary_text"] = "summary_text"
     text: str
 
 
-class ReasoningOut(BaseModel):
+class ReasoningOut(WireModel):
     type: Literal["reasoning"] = "reasoning"
     id: str
     summary: list[SummaryText] = Field(default_factory=list)
 
 
-class FunctionCallOut(BaseModel):
+class FunctionCallOut(WireModel):
     type: Literal["function_call"] = "function_call"
     id: str
     call_id: str
@@ -194,15 +196,15 @@ class FunctionCallOut(BaseModel):
 OutputItem = MessageOut | ReasoningOut | FunctionCallOut
 
 
-class InputTokensDetails(BaseModel):
+class InputTokensDetails(WireModel):
     cached_tokens: int = 0
 
 
-class OutputTokensDetails(BaseModel):
+class OutputTokensDetails(WireModel):
     reasoning_tokens: int = 0
 
 
-class ResponseUsage(BaseModel):
+class ResponseUsage(WireModel):
     input_tokens: int
     input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
     output_tokens: int
@@ -210,11 +212,11 @@ class ResponseUsage(BaseModel):
     total_tokens: int
 
 
-class IncompleteDetails(BaseModel):
+class IncompleteDetails(WireModel):
     reason: Literal["max_output_tokens"] = "max_output_tokens"
 
 
-class ResponseObject(BaseModel):
+class ResponseObject(WireModel):
     id: str
     object: Literal["response"] = "response"
     created_at: int

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
@@ -24,11 +23,12 @@ from pydantic import (
 )
 
 from pollama.api.lora import LoraEntry
+from pollama.api.wiremodel import WireModel
 
 # -- requests ------------------------------------------------------------------------------
 
 
-class _Request(BaseModel):
+class _Request(WireModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
@@ -148,7 +148,7 @@ class EmbeddingRequest(_Request):
 # -- responses -----------------------------------------------------------------------------
 
 
-class _Response(BaseModel):
+class _Response(WireModel):
     model_config = ConfigDict(extra="ignore")
     NULLS: ClassVar[tuple[str, ...]] = ()
     """Fields sent as ``null`` when unset, where OpenAI always sends them."""
