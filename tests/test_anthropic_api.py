@@ -14,7 +14,7 @@ import pytest
 from serving import Server
 from toolmodel import WEATHER_TOOL, create_tool_model
 
-from pollama.api.anthropic.routes import MessageStream
+from pollama.api.anthropic.messages import MessageStream
 from pollama.api.anthropic.types import TextOut, ThinkingOut, ToolUseOut
 from pollama.api.completion import CallOut, Delta, Event, Finish, Run
 from pollama.api.events import event_stream

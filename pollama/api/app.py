@@ -19,7 +19,6 @@ from pollama.api.errors import ApiError, api_error, error_body_for
 from pollama.api.limits import BodyLimit
 from pollama.api.ollama import catalog, embed, generate, manage, rerank
 from pollama.api.openai import rerank as openai_rerank
-from pollama.api.openai import responses
 from pollama.api.openai import routes as openai
 from pollama.api.security import DEFAULT_ORIGINS, HostCheck, origin_regex
 from pollama.api.state import ServerState
@@ -76,7 +75,7 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.pollama = state
     state.metrics.watch(state.scheduler)
-    routes = (catalog, generate, manage, embed, rerank, openai, openai_rerank, responses, anthropic)
+    routes = (catalog, generate, manage, embed, rerank, openai, openai_rerank, anthropic)
     for module in (*routes, metrics):
         app.include_router(module.router)
     # Added last = outermost: the Host check runs before anything else; then every

@@ -1,4 +1,5 @@
-"""OpenAI's Responses API (``POST /v1/responses``), stateless, over ``pollama.api.completion``.
+"""OpenAI's Responses API (``POST /v1/responses``, routed by ``routes``), stateless, over
+``pollama.api.completion``.
 
 A request becomes a ``ChatCall``: ``instructions`` a system message, input items
 Ollama messages (function calls an assistant's tool calls, their outputs ``tool``
@@ -26,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
 from pollama.api.completion import CallOut, ChatCall, Finish, Run, start_chat
@@ -58,7 +59,6 @@ from pollama.api.openai.responses_types import (
 )
 from pollama.errors import BadRequest
 
-router = APIRouter()
 EFFORT_LEVELS: dict[str, bool | str] = {
     "none": False,
     "minimal": "low",
@@ -70,8 +70,7 @@ EFFORT_LEVELS: dict[str, bool | str] = {
 """``reasoning.effort`` → ``think``."""
 
 
-@router.post("/v1/responses")
-async def responses(request: Request) -> Response:
+async def answer(request: Request) -> Response:
     body = await parse_body(request, ResponsesRequest)
     if body.previous_response_id:
         raise BadRequest(

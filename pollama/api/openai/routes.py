@@ -1,5 +1,5 @@
-"""The OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/embeddings and
-/v1/models, over the request path the native routes use.
+"""The OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/embeddings,
+/v1/models and /v1/responses, over the request path the native routes use.
 
 Each request becomes a ``ChatCall``/``GenerateCall`` (``requests``) or an
 ``embed_inputs`` call; the run's events become OpenAI's responses (``replies``), or,
@@ -7,6 +7,9 @@ streaming, one server-sent event per chunk as its event arrives, and ``data: [DO
 ends the stream. Everything refusable is refused before the first
 byte, so it answers with a status and OpenAI's error shape (the app's exception
 handler picks that shape by the ``/v1/`` path).
+
+The Responses API (``responses``, with its own wire types) is imported by its first
+request: the server's start does not wait for it.
 """
 
 from __future__ import annotations
@@ -100,6 +103,13 @@ async def embeddings(request: Request) -> Response:
         prompt_tokens=done.prompt_eval_count, total_tokens=done.prompt_eval_count
     )
     return _json(EmbeddingList(data=data, model=body.model, usage=usage))
+
+
+@router.post("/v1/responses")
+async def responses(request: Request) -> Response:
+    from pollama.api.openai.responses import answer  # at first use: see the docstring
+
+    return await answer(request)
 
 
 @router.get("/v1/models")
