@@ -14,11 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import llama_cpp as L
 import numpy as np
-from llama_cpp import llama_cpp as _bindings
 
 from pollama.protocol.wire import SamplingOptions
+from pollama.runner.bindings import L
 from pollama.runner.buffers import BufferSizes, ProjectorBuffers
 
 LogSink = Callable[[int, str], None]
@@ -415,14 +414,14 @@ def _ggml_libs() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     cpu.ggml_threadpool_new.restype = ctypes.c_void_p
     cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
     cpu.ggml_threadpool_free.restype = None
-    _bindings._lib.llama_attach_threadpool.argtypes = [
+    L._lib.llama_attach_threadpool.argtypes = [
         ctypes.c_void_p,
         ctypes.c_void_p,
         ctypes.c_void_p,
     ]
-    _bindings._lib.llama_attach_threadpool.restype = None
-    _bindings._lib.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
-    _bindings._lib.llama_detach_threadpool.restype = None
+    L._lib.llama_attach_threadpool.restype = None
+    L._lib.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
+    L._lib.llama_detach_threadpool.restype = None
     return base, cpu
 
 
@@ -450,17 +449,17 @@ class Threadpool:
         return cls(handle, cpu) if handle else None
 
     def attach(self, ctx: Any) -> None:
-        _bindings._lib.llama_attach_threadpool(ctx, self._handle, self._handle)
+        L._lib.llama_attach_threadpool(ctx, self._handle, self._handle)
 
     def detach(self, ctx: Any) -> None:
         """Stop ``ctx`` using these threads (a second context sharing them, freed first)."""
-        _bindings._lib.llama_detach_threadpool(ctx)
+        L._lib.llama_detach_threadpool(ctx)
 
     def free(self, ctx: Any) -> None:
         """Detach from ``ctx`` (if it is still alive) and free the threads."""
         if self._handle is None:
             return
         if ctx:
-            _bindings._lib.llama_detach_threadpool(ctx)
+            L._lib.llama_detach_threadpool(ctx)
         self._cpu.ggml_threadpool_free(self._handle)
         self._handle = None

@@ -3,10 +3,10 @@ the length limit, and the chunks it emits to its request."""
 
 from __future__ import annotations
 
-import llama_cpp as L
 import numpy as np
 
 from pollama.protocol.wire import CompletionChunk, CompletionDone, Logprob, TokenLogprob
+from pollama.runner.bindings import L
 from pollama.runner.state import Loaded, Slot
 
 
