@@ -23,6 +23,18 @@ def run_python(code: str) -> str:
     return done.stdout
 
 
+def test_the_runners_imports_leave_out_numpy_and_the_high_level_package() -> None:
+    # What a runner, the idle spare and the quantizer child import before any request.
+    out = run_python(
+        """
+        import sys
+        import pollama.runner.__main__, pollama.runner.app, pollama.runner.quantize
+        print(sorted(m for m in ("numpy", "llama_cpp.llama", "jinja2") if m in sys.modules))
+        """
+    )
+    assert out.strip() == "[]"
+
+
 def test_the_high_level_api_still_works_after_the_bindings() -> None:
     out = run_python(
         """
