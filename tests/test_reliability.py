@@ -233,9 +233,12 @@ def test_a_runner_that_cannot_load_its_model_is_one_clear_error_per_request(
 def test_a_runner_that_cannot_start_is_one_clear_error_per_request(tmp_path: Path) -> None:
     # A broken environment: the engine's shared library cannot be loaded, so the runner
     # process dies while it starts (the server itself never imports the engine).
+    # The bindings module is where llama-cpp-python loads it (the runner imports only
+    # that, not the package's __init__).
     broken = tmp_path / "broken" / "llama_cpp"
     broken.mkdir(parents=True)
-    (broken / "__init__.py").write_text(
+    (broken / "__init__.py").write_text("from .llama_cpp import *\n")
+    (broken / "llama_cpp.py").write_text(
         'raise OSError("libllama.so: cannot open shared object file")\n'
     )
     server = Server(tmp_path, PYTHONPATH=str(broken.parent))

@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import llama_cpp as L
-
 from pollama.options.load import LoadConfig
 from pollama.runner import llama
+from pollama.runner.bindings import L
 from pollama.runner.errors import AllocationFailed, EngineError
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import llama_cpp as L
-
 from pollama.protocol.wire import EmbeddingResponse
 from pollama.runner import llama
+from pollama.runner.bindings import L
 from pollama.runner.state import AllocationFailed, EngineError, Loaded
 
 # Inputs packed into one embedding decode at most (llama.cpp caps sequences per context).

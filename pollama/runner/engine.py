@@ -22,8 +22,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-import llama_cpp as L
-
 from pollama.ggufmeta import GGUFModel, read_model
 from pollama.memory.estimate import estimate_memory
 from pollama.memory.layout import place
@@ -40,6 +38,7 @@ from pollama.protocol.wire import (
     RunnerStats,
 )
 from pollama.runner import llama
+from pollama.runner.bindings import L
 from pollama.runner.embedding import Embedder
 from pollama.runner.model import (
     ModelLoader,

@@ -7,9 +7,8 @@ import ctypes
 import functools
 from pathlib import Path
 
-import llama_cpp as L
-
 from pollama.engine.info import EngineDevice, EngineInfo
+from pollama.runner.bindings import VERSION, L
 
 # ggml_cpu_has_<name>() → the feature's name as llama.cpp prints it.
 _CPU_FEATURES = (
@@ -90,7 +89,7 @@ def engine_info() -> EngineInfo:
         for i in range(ggml.ggml_backend_reg_count())
     ]
     return EngineInfo(
-        version=L.__version__,
+        version=VERSION,
         system_info=L.llama_print_system_info().decode("utf-8", "replace").strip(),
         cpu_features=tuple(features),
         extra_buffers=tuple(_extra_buffer_types(ggml)),

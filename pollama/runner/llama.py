@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import llama_cpp as L
-import numpy as np
-from llama_cpp import llama_cpp as _bindings
+from typing import TYPE_CHECKING, Any
 
 from pollama.protocol.wire import SamplingOptions
+from pollama.runner.bindings import L
 from pollama.runner.buffers import BufferSizes, ProjectorBuffers
+
+if TYPE_CHECKING:
+    import numpy as np
 
 LogSink = Callable[[int, str], None]
 
@@ -281,7 +282,17 @@ def _penalised(opts: SamplingOptions, num_ctx: int) -> bool:
     )
 
 
-_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+# numpy (~10 MiB, ~0.07 s in a runner) is imported by the first sampler that reads the logits
+# itself (greedy, grammar), not at the runner's start: the spare, the model's load and
+# the default sampled decode never need it.
+
+
+@functools.cache
+def _token_data() -> np.dtype:
+    """llama_token_data as a numpy record: a candidate array llama.cpp reads in place."""
+    import numpy as np
+
+    return np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
 
 
 class SlotSampler:
@@ -325,7 +336,14 @@ class SlotSampler:
         self._n_vocab = vocab.size
         self.armed = armed
         self._candidates: np.ndarray | None = None
-        self._one = np.zeros(1, dtype=_TOKEN_DATA)
+        self._one: np.ndarray | None = None
+        self._as_array: Callable[..., np.ndarray] | None = None
+        if self._argmax or grammar:
+            import numpy as np  # see _token_data
+
+            self._as_array = np.ctypeslib.as_array  # an attribute: no import per token
+            if grammar:
+                self._one = np.zeros(1, dtype=_token_data())
 
     @property
     def constrained(self) -> bool:
@@ -337,7 +355,8 @@ class SlotSampler:
     def sample(self, ctx: Any, index: int) -> int:
         if not self.constrained and not self._argmax:
             return int(L.llama_sampler_sample(self._chain, ctx, index))
-        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
+        assert self._as_array is not None
+        logits = self._as_array(L.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
         if self._argmax:
             return int(logits.argmax())
         token = self._draw(logits, grammar=False)
@@ -348,8 +367,10 @@ class SlotSampler:
         return token
 
     def _draw(self, logits: np.ndarray, *, grammar: bool) -> int:
+        import numpy as np  # see _token_data; loaded already by __init__
+
         if self._candidates is None:
-            self._candidates = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
+            self._candidates = np.zeros(self._n_vocab, dtype=_token_data())
         cand = self._candidates
         cand["id"] = np.arange(self._n_vocab, dtype=np.int32)  # the last apply sorted them
         cand["logit"] = logits
@@ -364,10 +385,11 @@ class SlotSampler:
 
     def _allows(self, token: int) -> bool:
         one = self._one
+        assert one is not None
         one["id"], one["logit"], one["p"] = token, 0.0, 0.0
         array = _token_array(one)
         L.llama_sampler_apply(self._grammar, ctypes.byref(array))
-        return bool(np.isfinite(one["logit"][0]))
+        return math.isfinite(one["logit"][0])
 
     def free(self) -> None:
         for sampler in (self._chain, self._grammar):
@@ -415,14 +437,14 @@ def _ggml_libs() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     cpu.ggml_threadpool_new.restype = ctypes.c_void_p
     cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
     cpu.ggml_threadpool_free.restype = None
-    _bindings._lib.llama_attach_threadpool.argtypes = [
+    L._lib.llama_attach_threadpool.argtypes = [
         ctypes.c_void_p,
         ctypes.c_void_p,
         ctypes.c_void_p,
     ]
-    _bindings._lib.llama_attach_threadpool.restype = None
-    _bindings._lib.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
-    _bindings._lib.llama_detach_threadpool.restype = None
+    L._lib.llama_attach_threadpool.restype = None
+    L._lib.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
+    L._lib.llama_detach_threadpool.restype = None
     return base, cpu
 
 
@@ -450,17 +472,17 @@ class Threadpool:
         return cls(handle, cpu) if handle else None
 
     def attach(self, ctx: Any) -> None:
-        _bindings._lib.llama_attach_threadpool(ctx, self._handle, self._handle)
+        L._lib.llama_attach_threadpool(ctx, self._handle, self._handle)
 
     def detach(self, ctx: Any) -> None:
         """Stop ``ctx`` using these threads (a second context sharing them, freed first)."""
-        _bindings._lib.llama_detach_threadpool(ctx)
+        L._lib.llama_detach_threadpool(ctx)
 
     def free(self, ctx: Any) -> None:
         """Detach from ``ctx`` (if it is still alive) and free the threads."""
         if self._handle is None:
             return
         if ctx:
-            _bindings._lib.llama_detach_threadpool(ctx)
+            L._lib.llama_detach_threadpool(ctx)
         self._cpu.ggml_threadpool_free(self._handle)
         self._handle = None

@@ -20,10 +20,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import llama_cpp as L
-
 from pollama.protocol.wire import LoraScale
 from pollama.runner import llama
+from pollama.runner.bindings import L
 from pollama.runner.errors import AllocationFailed, EngineError
 
 log = logging.getLogger(__name__)

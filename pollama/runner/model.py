@@ -12,8 +12,6 @@ import os
 from dataclasses import replace
 from typing import Any
 
-import llama_cpp as L
-
 from pollama.devices.types import DeviceInfo
 from pollama.errors import InvalidModelFile
 from pollama.ggufmeta import GGUFModel, read_model
@@ -21,6 +19,7 @@ from pollama.memory.types import BackendMemory
 from pollama.options.load import FlashAttention, LoadConfig
 from pollama.protocol.wire import LoadOperation, LoadRequest
 from pollama.runner import llama
+from pollama.runner.bindings import L
 from pollama.runner.buffers import BufferSizes, ProjectorBuffers, visible_devices
 from pollama.runner.crash_hook import crash_if_asked
 from pollama.runner.draft_model import DraftModel

@@ -23,9 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import llama_cpp as L
-
 from pollama.engine.probe_model import BOS, EOS, write_probe_model
+from pollama.runner.bindings import L
 from pollama.runner.crash_hook import crash_if_asked
 from pollama.runner.engine_info import engine_info
 from pollama.settings import Settings

@@ -17,9 +17,8 @@ import ctypes
 import re
 import sys
 
-import llama_cpp as L
-
 from pollama.protocol.quantize import ALIASES, QUANTIZE_TYPES, TensorDone
+from pollama.runner.bindings import L
 from pollama.runner.llama import LlamaLog
 from pollama.runner.parent import exit_with_parent
 

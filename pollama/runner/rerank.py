@@ -14,10 +14,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import llama_cpp as L
-
 from pollama.protocol.wire import RerankResponse
 from pollama.runner import llama
+from pollama.runner.bindings import L
 from pollama.runner.embedding import decode_in_groups, decode_sequences
 from pollama.runner.state import EngineError, Loaded
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import sys
 from collections import deque
 
-import llama_cpp as L
-
 from pollama.protocol.wire import CompletionRequest
 from pollama.runner import llama
+from pollama.runner.bindings import L
 from pollama.runner.lora import Scales
 from pollama.runner.sampling import finish
 from pollama.runner.speculate import start as start_drafting

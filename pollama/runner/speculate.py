@@ -25,8 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import llama_cpp as L
-
+from pollama.runner.bindings import L
 from pollama.runner.draft_model import DraftJob
 from pollama.runner.lookup import Lookup
 from pollama.runner.pace import Pace

@@ -14,9 +14,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import llama_cpp as L
-
 from pollama.protocol.wire import RunnerStats
+from pollama.runner.bindings import L
 from pollama.runner.lora import Scales, pick_scales
 from pollama.runner.sampling import finish, sample
 from pollama.runner.speculate import draft_ahead, propose, verify

@@ -30,13 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import llama_cpp as L
-import llama_cpp.mtmd_cpp as M
-
 from pollama.memory.types import ProjectorMemory
 from pollama.options.load import LoadConfig
 from pollama.protocol.wire import IMAGE_MARKER
 from pollama.runner import llama
+from pollama.runner.bindings import L, M
 from pollama.runner.buffers import ProjectorBuffers
 from pollama.runner.state import EngineError
 
