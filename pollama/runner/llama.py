@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+# numpy at start (a spare imports it while it waits), not by the first greedy request:
+# there its ~37 ms would delay the first reply of every runner (cold start, model swap).
+import numpy as np
 
 from pollama.protocol.wire import SamplingOptions
 from pollama.runner.bindings import L
 from pollama.runner.buffers import BufferSizes, ProjectorBuffers
-
-if TYPE_CHECKING:
-    import numpy as np
 
 LogSink = Callable[[int, str], None]
 
@@ -282,17 +282,7 @@ def _penalised(opts: SamplingOptions, num_ctx: int) -> bool:
     )
 
 
-# numpy (~10 MiB, ~0.07 s in a runner) is imported by the first sampler that reads the logits
-# itself (greedy, grammar), not at the runner's start: the spare, the model's load and
-# the default sampled decode never need it.
-
-
-@functools.cache
-def _token_data() -> np.dtype:
-    """llama_token_data as a numpy record: a candidate array llama.cpp reads in place."""
-    import numpy as np
-
-    return np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)], align=True)
 
 
 class SlotSampler:
@@ -336,14 +326,7 @@ class SlotSampler:
         self._n_vocab = vocab.size
         self.armed = armed
         self._candidates: np.ndarray | None = None
-        self._one: np.ndarray | None = None
-        self._as_array: Callable[..., np.ndarray] | None = None
-        if self._argmax or grammar:
-            import numpy as np  # see _token_data
-
-            self._as_array = np.ctypeslib.as_array  # an attribute: no import per token
-            if grammar:
-                self._one = np.zeros(1, dtype=_token_data())
+        self._one = np.zeros(1, dtype=_TOKEN_DATA)
 
     @property
     def constrained(self) -> bool:
@@ -355,8 +338,7 @@ class SlotSampler:
     def sample(self, ctx: Any, index: int) -> int:
         if not self.constrained and not self._argmax:
             return int(L.llama_sampler_sample(self._chain, ctx, index))
-        assert self._as_array is not None
-        logits = self._as_array(L.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
+        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, index), shape=(self._n_vocab,))
         if self._argmax:
             return int(logits.argmax())
         token = self._draw(logits, grammar=False)
@@ -367,10 +349,8 @@ class SlotSampler:
         return token
 
     def _draw(self, logits: np.ndarray, *, grammar: bool) -> int:
-        import numpy as np  # see _token_data; loaded already by __init__
-
         if self._candidates is None:
-            self._candidates = np.zeros(self._n_vocab, dtype=_token_data())
+            self._candidates = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
         cand = self._candidates
         cand["id"] = np.arange(self._n_vocab, dtype=np.int32)  # the last apply sorted them
         cand["logit"] = logits
@@ -385,11 +365,10 @@ class SlotSampler:
 
     def _allows(self, token: int) -> bool:
         one = self._one
-        assert one is not None
         one["id"], one["logit"], one["p"] = token, 0.0, 0.0
         array = _token_array(one)
         L.llama_sampler_apply(self._grammar, ctypes.byref(array))
-        return math.isfinite(one["logit"][0])
+        return bool(np.isfinite(one["logit"][0]))
 
     def free(self) -> None:
         for sampler in (self._chain, self._grammar):

@@ -3,6 +3,8 @@ the length limit, and the chunks it emits to its request."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from pollama.protocol.wire import CompletionChunk, CompletionDone, Logprob, TokenLogprob
 from pollama.runner.bindings import L
 from pollama.runner.state import Loaded, Slot
@@ -70,8 +72,6 @@ def finish(slot: Slot, reason: str, *, flush: bool = True) -> None:
 
 def logprob_of(loaded: Loaded, index: int, token: int, top: int) -> Logprob:
     """The chosen token's log-probability under the raw logits, and the ``top`` best."""
-    import numpy as np  # only logprobs need it here: not loaded at the runner's start
-
     logits = np.ctypeslib.as_array(
         L.llama_get_logits_ith(loaded.ctx, index), shape=(loaded.vocab.size,)
     ).astype(np.float64)
