@@ -9,6 +9,11 @@ order flips every round), so the machine's drift falls on all alike. Reported: t
 median of the per-round ratios of aggregate tok/s against this checkout, and each
 process's CPU time per generated token (the server's own process and its children,
 i.e. pollama's runner, apart), read from /proc around each round.
+
+The two sides are not symmetric: on the 2-core VM (2026-12-05) the same code measured
+as ``after`` came out ~5% slower than as ``--base`` (1 client: 0.943, then 0.936 with
+the roles swapped). Run it both ways (``--after X --base Y``, then ``--after Y --base
+X``) and read the two ratios together before calling a change of a few percent.
 """
 
 from __future__ import annotations
