@@ -823,3 +823,57 @@ def test_a_crash_on_the_plain_path_too_is_reported_not_looped() -> None:
         assert all(s.closed for s in w.factory.servers)
 
     crashing_scenario(body, after=PLAIN, crashes=2)
+
+
+# -- the spare runner -----------------------------------------------------------------------
+
+
+class FakeSpares:
+    """The spare runner's seam: counts the refills the scheduler asks for."""
+
+    enabled = True
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    def start(self) -> None:
+        self.started.set()
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_taken_spare_is_replaced_only_once_the_server_has_been_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client that loads, then asks at once (pollama run) must not share the CPU with a
+    # new spare's imports: the refill waits for SPARE_REFILL_IDLE with nothing running.
+    idle = 0.2
+    monkeypatch.setattr("pollama.scheduler.scheduler.SPARE_REFILL_IDLE", idle)
+
+    async def main() -> None:
+        clock = FakeClock()
+        spares = FakeSpares()
+        scheduler = Scheduler(
+            Settings(),
+            server_factory=FakeFactory(clock),
+            system_probe=lambda: SYSTEM,
+            gpu_probe=lambda: [],
+            clock=clock,
+            spares=spares,  # type: ignore[arg-type]
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            async with await scheduler.acquire(spec("a"), {}, None):
+                pass  # the load, as pollama run's empty chat
+            async with await scheduler.acquire(spec("a"), {}, None):
+                # Its prompt, right after: busy past the idle time, no refill meanwhile.
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(spares.started.wait(), 2 * idle)
+            released = loop.time()
+            await asyncio.wait_for(spares.started.wait(), WATCHDOG)
+            assert loop.time() - released >= idle * 0.9  # the loop's timer granularity
+        finally:
+            await scheduler.shutdown()
+
+    asyncio.run(main())
