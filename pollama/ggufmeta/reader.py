@@ -180,7 +180,9 @@ class _Cursor:
             return result
         return None if walk_only else TruncatedArray(_value_type_name(item_type), count)
 
-    def _strings(self, what: str, count: int, keep: bool) -> list[str] | None:
+    def _strings(self, what: str, count: int, keep: bool, first: int = 0) -> list[str] | None:
+        """The next ``count`` strings of an array (items ``first``…, for error messages),
+        decoded when ``keep``, else only walked."""
         # Vocabularies hold ~150k strings: keep the loop tight, with locals and no calls
         # beyond the unpack, since this walk dominates the time to read a header.
         buf, pos, size = self.buf, self.pos, self.size
@@ -189,13 +191,13 @@ class _Cursor:
         for i in range(count):
             if pos + 8 > size:
                 self.pos = pos
-                self.need(8, f"length of {what}[{i}]")
+                self.need(8, f"length of {what}[{first + i}]")
             (n,) = unpack(buf, pos)
             end = pos + 8 + n
             if end > size:
                 self.fail(
-                    f"{what}[{i}]: string length {n} at byte {pos} runs past the end of "
-                    f"the file ({size} bytes)"
+                    f"{what}[{first + i}]: string length {n} at byte {pos} runs past the end "
+                    f"of the file ({size} bytes)"
                 )
             if out is not None:
                 out.append(buf[pos + 8 : end].decode("utf-8", errors="replace"))
@@ -206,30 +208,19 @@ class _Cursor:
     def string_items(self, what: str, count: int, indices: Iterable[int]) -> dict[int, str]:
         """Decode the items at ``indices`` of a string array of ``count`` items starting
         here, walking no further than the last of them."""
-        wanted = {i for i in indices if 0 <= i < count}
         if count * 8 > self.remaining:
             self.fail(
                 f"{what}: array length {count} of string needs at least {count * 8} bytes "
                 f"but only {self.remaining} remain past byte {self.pos}"
             )
-        buf, pos, size = self.buf, self.pos, self.size
-        unpack = _U64.unpack_from
         out: dict[int, str] = {}
-        for i in range(max(wanted, default=-1) + 1):
-            if pos + 8 > size:
-                self.pos = pos
-                self.need(8, f"length of {what}[{i}]")
-            (n,) = unpack(buf, pos)
-            end = pos + 8 + n
-            if end > size:
-                self.fail(
-                    f"{what}[{i}]: string length {n} at byte {pos} runs past the end of "
-                    f"the file ({size} bytes)"
-                )
-            if i in wanted:
-                out[i] = buf[pos + 8 : end].decode("utf-8", errors="replace")
-            pos = end
-        self.pos = pos
+        at = 0
+        for index in sorted({i for i in indices if 0 <= i < count}):
+            self._strings(what, index - at, keep=False, first=at)
+            kept = self._strings(what, 1, keep=True, first=index)
+            assert kept is not None  # keep=True
+            out[index] = kept[0]
+            at = index + 1
         return out
 
 
