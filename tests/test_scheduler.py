@@ -29,6 +29,7 @@ from pollama.errors import (
     RunnerError,
 )
 from pollama.ggufmeta import GGUFModel
+from pollama.llm.spare import SpareRunner
 from pollama.memory.layout import LayoutPolicy
 from pollama.options.load import LoadConfig
 from pollama.scheduler.keepalive import load_options, parse_keep_alive
@@ -828,39 +829,26 @@ def test_a_crash_on_the_plain_path_too_is_reported_not_looped() -> None:
 # -- the spare runner -----------------------------------------------------------------------
 
 
-class FakeSpares:
-    """The spare runner's seam: counts the refills the scheduler asks for."""
-
-    enabled = True
-
-    def __init__(self) -> None:
-        self.started = asyncio.Event()
-
-    def start(self) -> None:
-        self.started.set()
-
-    async def close(self) -> None:
-        pass
-
-
 def test_a_taken_spare_is_replaced_only_once_the_server_has_been_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A client that loads, then asks at once (pollama run) must not share the CPU with a
-    # new spare's imports: the refill waits for SPARE_REFILL_IDLE with nothing running.
+    # new spare's imports: the refill waits for REFILL_IDLE with nothing running.
     idle = 0.2
-    monkeypatch.setattr("pollama.scheduler.scheduler.SPARE_REFILL_IDLE", idle)
+    monkeypatch.setattr("pollama.llm.spare.REFILL_IDLE", idle)
 
     async def main() -> None:
         clock = FakeClock()
-        spares = FakeSpares()
+        spares = SpareRunner()
+        started = asyncio.Event()
+        monkeypatch.setattr(spares, "start", started.set)  # the seam: no real process
         scheduler = Scheduler(
             Settings(),
             server_factory=FakeFactory(clock),
             system_probe=lambda: SYSTEM,
             gpu_probe=lambda: [],
             clock=clock,
-            spares=spares,  # type: ignore[arg-type]
+            spares=spares,
         )
         loop = asyncio.get_running_loop()
         try:
@@ -869,9 +857,9 @@ def test_a_taken_spare_is_replaced_only_once_the_server_has_been_idle(
             async with await scheduler.acquire(spec("a"), {}, None):
                 # Its prompt, right after: busy past the idle time, no refill meanwhile.
                 with pytest.raises(TimeoutError):
-                    await asyncio.wait_for(spares.started.wait(), 2 * idle)
+                    await asyncio.wait_for(started.wait(), 2 * idle)
             released = loop.time()
-            await asyncio.wait_for(spares.started.wait(), WATCHDOG)
+            await asyncio.wait_for(started.wait(), WATCHDOG)
             assert loop.time() - released >= idle * 0.9  # the loop's timer granularity
         finally:
             await scheduler.shutdown()

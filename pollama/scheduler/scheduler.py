@@ -78,8 +78,6 @@ PING_TIMEOUT = 10.0
 """Seconds an idle runner has to answer a ping before it is reloaded."""
 MODELS_PER_GPU = 3
 MIN_TIMER_DELAY = 0.001
-SPARE_REFILL_IDLE = 1.0
-"""Seconds the server must have been idle before it replaces a taken spare runner."""
 """Seconds; the expiry timer never sleeps less."""
 
 
@@ -127,7 +125,6 @@ class Scheduler:
         self._load_lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
-        self._refill: asyncio.TimerHandle | None = None
         self._closed = False
         self._shutdown_task: asyncio.Task[None] | None = None
 
@@ -153,29 +150,18 @@ class Scheduler:
         )
 
     def warm_up(self) -> None:
-        """Start the spare runner the next load will want; with no GPU only (a load onto
-        GPUs starts its own runner, seeing only those). Idempotent."""
-        if self._spares is not None and self._spares.enabled and not self._closed:
+        """Start the spare runner the next load will want, while nothing runs or loads; with
+        no GPU only (a load onto GPUs starts its own runner, seeing only those). Idempotent."""
+        busy = self._loading or any(r.in_flight for r in self._runners.values())
+        if self._spares is not None and self._spares.enabled and not self._closed and not busy:
             self._gpu_count = len(self._gpu_probe()) if self._gpu_count is None else self._gpu_count
             if self._gpu_count == 0:
                 self._spares.start()
 
     def _refill_spare(self) -> None:
-        """Replace a taken spare once nothing has run or loaded for SPARE_REFILL_IDLE: its
-        imports (a quarter of a second of CPU) must not slow the load that took the last
-        one, nor the requests that follow it. A client that loads a model and then asks
-        (``pollama run``'s load, then its prompt) sends the two milliseconds apart: a spare
-        started between them took a core from that first reply (0.29 s against 0.24)."""
-        if self._spares is None or not self._spares.enabled or self._closed:
-            return
-        if self._refill is not None:
-            self._refill.cancel()  # idle counts from the latest request's end
-        self._refill = asyncio.get_running_loop().call_later(SPARE_REFILL_IDLE, self._refill_now)
-
-    def _refill_now(self) -> None:
-        self._refill = None
-        if not self._loading and not any(r.in_flight for r in self._runners.values()):
-            self.warm_up()
+        """Replace a taken spare once idle a while: its imports must slow no request."""
+        if self._spares is not None:
+            self._spares.refill_later(self.warm_up)
 
     @property
     def waiting(self) -> int:
@@ -292,8 +278,6 @@ class Scheduler:
         self._notify()
         if self._timer is not None:
             self._timer.cancel()
-        if self._refill is not None:
-            self._refill.cancel()
         loads = [p.task for p in self._loading.values()]
         for task in loads:
             task.cancel()
