@@ -335,6 +335,20 @@ def test_negative_keep_alive_never_expires() -> None:
     scenario(body)
 
 
+@pytest.mark.parametrize("keep_alive", [1e12, 1e300])
+def test_a_keep_alive_past_what_a_date_holds_lists_as_forever(keep_alive: float) -> None:
+    # /api/ps was a 500 (timedelta overflow) for such a model; the fuzzer found it.
+    async def body(w: World) -> None:
+        await w.use("a", keep_alive=keep_alive)
+        [model] = w.scheduler.running()
+        assert model.expires_at is None
+        async with await w.scheduler.acquire(spec("a"), {}, None):
+            [busy] = w.scheduler.running()  # busy: its full keep-alive remains
+            assert busy.expires_at is None
+
+    scenario(body)
+
+
 def test_keep_alive_expires_exactly_at_its_deadline() -> None:
     async def body(w: World) -> None:
         server = await w.use("a", keep_alive=10)

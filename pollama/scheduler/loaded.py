@@ -139,7 +139,7 @@ class LoadedModel:
     def row(self, now: float, wall: datetime) -> RunningModel:
         """Its ``/api/ps`` row; ``now`` by the scheduler's clock, ``wall`` the same instant."""
         remaining = self.remaining(now)
-        expires = None if is_forever(remaining) else wall + timedelta(seconds=max(0, remaining))
+        expires = _expiry(wall, remaining)
         total, vram = self.server.memory_size()
         memory = self.server.memory
         return RunningModel(
@@ -272,3 +272,14 @@ def llama_server_factory(
 
 def is_forever(seconds: float) -> bool:
     return math.isinf(seconds)
+
+
+def _expiry(wall: datetime, remaining: float) -> datetime | None:
+    """When a keep-alive of ``remaining`` seconds from ``wall`` ends; None for forever, as
+    for one so long (``keep_alive: 1e12``) that its end lies past what a datetime holds."""
+    if is_forever(remaining):
+        return None
+    try:
+        return wall + timedelta(seconds=max(0, remaining))
+    except OverflowError:
+        return None
