@@ -159,6 +159,15 @@ class ChatCall(_Common):
     tool_choice: ToolChoice = "auto"
 
 
+def function_tool(name: str, description: str | None, parameters: Any) -> dict[str, Any]:
+    """A tool as ChatCall takes it (Ollama's and OpenAI's chat shape), from the parts
+    another API names its own way (Anthropic's ``input_schema``, Responses' flat tool)."""
+    return {
+        "type": "function",
+        "function": {"name": name, "description": description or "", "parameters": parameters},
+    }
+
+
 @dataclass(frozen=True)
 class GenerateCall(_Common):
     prompt: str = ""

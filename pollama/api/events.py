@@ -111,6 +111,26 @@ async def blocks(events: AsyncIterator[Event]) -> AsyncGenerator[Block, None]:
         await _close(events)
 
 
+async def block_records(
+    events: AsyncIterator[Event],
+    opening: Callable[[], list[Record]],
+    records: Callable[[Block], list[Record]],
+) -> AsyncIterator[Record]:
+    """A reply's records: ``opening()``'s, then each block's ``records``. The first block
+    is awaited before anything is yielded, so a failure while the prompt is read can
+    still be answered with an HTTP status."""
+    source = blocks(events)
+    try:
+        first = await anext(source)
+        for record in [*opening(), *records(first)]:
+            yield record
+        async for block in source:
+            for record in records(block):
+                yield record
+    finally:
+        await source.aclose()
+
+
 def _text_of(delta: Delta) -> tuple[Kind | None, str]:
     """The delta's kind and text; (None, "") for tool calls and for logprobs alone."""
     if delta.thinking:

@@ -45,9 +45,9 @@ from pollama.api.anthropic.types import (
     ToolUseOut,
     Usage,
 )
-from pollama.api.completion import CallOut, ChatCall, Finish, Run, start_chat
+from pollama.api.completion import CallOut, ChatCall, Finish, Run, function_tool, start_chat
 from pollama.api.errors import anthropic_body, error_record
-from pollama.api.events import Block, Closed, Opened, Piece, Record, blocks, respond
+from pollama.api.events import Block, Closed, Opened, Piece, Record, block_records, respond
 from pollama.api.ollama.generate import keep_alive_of, parse_body
 from pollama.errors import BadRequest
 
@@ -64,15 +64,7 @@ async def answer(request: Request) -> Response:
 
 def chat_call(body: MessagesRequest) -> ChatCall:
     tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": tool.name,
-                "description": tool.description or "",
-                "parameters": tool.input_schema,
-            },
-        }
-        for tool in body.tools or ()
+        function_tool(tool.name, tool.description, tool.input_schema) for tool in body.tools or ()
     ]
     think: bool | None = None
     budget: int | None = None
@@ -216,20 +208,11 @@ class MessageStream:
     def error(self, exc: BaseException) -> Record:
         return error_record(exc, anthropic_body)
 
-    async def events(self) -> AsyncIterator[Record]:
-        source = blocks(self._run.events)
-        try:
-            # The first block is awaited before anything is yielded: a failure while the
-            # prompt is read can still be answered with an HTTP status.
-            first = await anext(source)
-            yield {"type": "message_start", "message": self.message.model_dump(mode="json")}
-            for record in self._records(first):
-                yield record
-            async for block in source:
-                for record in self._records(block):
-                    yield record
-        finally:
-            await source.aclose()
+    def events(self) -> AsyncIterator[Record]:
+        def opening() -> list[Record]:
+            return [{"type": "message_start", "message": self.message.model_dump(mode="json")}]
+
+        return block_records(self._run.events, opening, self._records)
 
     def _records(self, block: Block) -> list[Record]:
         content = self.message.content

@@ -30,9 +30,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-from pollama.api.completion import CallOut, ChatCall, Finish, Run, start_chat
+from pollama.api.completion import CallOut, ChatCall, Finish, Run, function_tool, start_chat
 from pollama.api.errors import error_record, openai_body
-from pollama.api.events import Block, Closed, Opened, Piece, Record, blocks, respond
+from pollama.api.events import Block, Closed, Opened, Piece, Record, block_records, respond
 from pollama.api.ollama.generate import keep_alive_of, parse_body
 from pollama.api.openai.responses_types import (
     FunctionCallItem,
@@ -87,14 +87,9 @@ async def answer(request: Request) -> Response:
 
 def chat_call(body: ResponsesRequest) -> ChatCall:
     tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": tool.name,
-                "description": tool.description or "",
-                "parameters": tool.parameters or {"type": "object", "properties": {}},
-            },
-        }
+        function_tool(
+            tool.name, tool.description, tool.parameters or {"type": "object", "properties": {}}
+        )
         for tool in body.tools or ()
     ]
     choice = body.tool_choice if isinstance(body.tool_choice, str) else body.tool_choice.name
@@ -290,21 +285,14 @@ class ResponseStream:
             error=body,
         )
 
-    async def events(self) -> AsyncIterator[Record]:
-        source = blocks(self._run.events)
-        try:
-            # The first block is awaited before anything is yielded: a failure while the
-            # prompt is read can still be answered with an HTTP status.
-            first = await anext(source)
-            yield self.record("response.created", response=self._dump())
-            yield self.record("response.in_progress", response=self._dump())
-            for record in self._records(first):
-                yield record
-            async for block in source:
-                for record in self._records(block):
-                    yield record
-        finally:
-            await source.aclose()
+    def events(self) -> AsyncIterator[Record]:
+        def opening() -> list[Record]:
+            return [
+                self.record("response.created", response=self._dump()),
+                self.record("response.in_progress", response=self._dump()),
+            ]
+
+        return block_records(self._run.events, opening, self._records)
 
     def _dump(self) -> dict[str, Any]:
         return self.response.model_dump(mode="json")
