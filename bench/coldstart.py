@@ -45,7 +45,13 @@ from typing import Any
 
 import psutil
 
-from bench.compare.servers import Config, LlamaServerCpp, find_llama_server, running
+from bench.compare.servers import (
+    SPARE_NAME,
+    Config,
+    LlamaServerCpp,
+    find_llama_server,
+    running,
+)
 from pollama.demo import demo_model_path
 
 HERE = Path(__file__).resolve().parent.parent
@@ -117,7 +123,7 @@ class Peaks:
                 for proc in [root, *root.children(recursive=True)]:
                     with proc.oneshot():
                         rss, name = proc.memory_info().rss, proc.name()
-                    peaks = self.spare if name == "pollama-spare" else self.rss
+                    peaks = self.spare if name == SPARE_NAME else self.rss
                     peaks[proc.pid] = max(peaks.get(proc.pid, 0), rss)
             except psutil.Error:
                 continue

@@ -27,6 +27,7 @@ import psutil
 
 from bench.compare.client import RequestFailed, chat_once
 from bench.compare.stats import LLAMA_CPP_PYTHON, LLAMA_SERVER, POLLAMA
+from pollama.runner import __main__ as runner_main
 
 MODEL_NAME = "smollm2"
 
@@ -181,8 +182,8 @@ def llama_server_version(binary: Path) -> str:
     return next((line for line in lines if line.startswith("version")), lines[-1] if lines else "")
 
 
-# pollama's idle spare runner names itself so until it takes a model (runner/__main__.py).
-SPARE_NAME = "pollama-spare"
+SPARE_NAME = runner_main.SPARE_NAME.decode()
+"""The process name pollama's idle spare runner carries until it takes a model."""
 
 
 class TreeSampler:
